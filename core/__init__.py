@@ -1,0 +1,1 @@
+"""tunetui's headless engine: config, events, training, resources. Never imports textual or tui."""

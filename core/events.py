@@ -1,0 +1,174 @@
+"""Events the engine emits while a run goes: small frozen dataclasses, one JSON line each.
+
+The same schema is written to events.jsonl and shown live, so a run can be replayed or re-attached.
+Must not import torch, transformers, peft, bitsandbytes, datasets or textual.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Callable
+
+PHASES = ("loading_model", "preparing_data", "training", "saving")
+
+
+def _now() -> float:
+    return time.time()
+
+
+@dataclass(frozen=True)
+class Event:
+    time: float = field(default_factory=_now, kw_only=True)
+    """Unix time when it happened."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"event": type(self).__name__, **asdict(self)}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), ensure_ascii=False, default=str)
+
+
+@dataclass(frozen=True)
+class RunStarted(Event):
+    run_id: str
+    run_dir: str
+    config: dict
+    """The full resolved config."""
+    resumed_from: str | None = None
+    """Checkpoint dir this run continues from, if any."""
+
+
+@dataclass(frozen=True)
+class PhaseChanged(Event):
+    phase: str
+    """One of PHASES."""
+    done: int | None = None
+    total: int | None = None
+    """Progress within the phase, when countable (e.g. examples tokenized)."""
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class ModelReady(Event):
+    trainable_params: int
+    total_params: int
+    trainable_modules: list[str]
+    """Short description of what trains, e.g. ['layers.2-3', 'lora: q_proj, v_proj']."""
+    method: str
+    device: str
+    dtype: str
+
+
+@dataclass(frozen=True)
+class DataReady(Event):
+    format: str
+    train_examples: int
+    val_examples: int
+    token_stats: dict
+    """min / median / p95 / max tokens, truncated and dropped counts."""
+
+
+@dataclass(frozen=True)
+class StepEnded(Event):
+    step: int
+    max_steps: int
+    epoch: float
+    loss: float | None = None
+    learning_rate: float | None = None
+    grad_norm: float | None = None
+    tokens_per_second: float | None = None
+    step_seconds: float | None = None
+    elapsed_seconds: float = 0.0
+    eta_seconds: float | None = None
+    gpu_memory_gib: float | None = None
+    """Memory allocated by this process on its GPU (None without CUDA)."""
+
+
+@dataclass(frozen=True)
+class EvalEnded(Event):
+    step: int
+    eval_loss: float | None
+    metrics: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CheckpointSaved(Event):
+    step: int
+    path: str
+
+
+@dataclass(frozen=True)
+class RunPaused(Event):
+    step: int
+
+
+@dataclass(frozen=True)
+class RunResumed(Event):
+    step: int
+
+
+@dataclass(frozen=True)
+class LogLine(Event):
+    level: str
+    message: str
+    logger: str = ""
+
+
+@dataclass(frozen=True)
+class RunFinished(Event):
+    run_dir: str
+    final_dir: str | None
+    """Where the adapter / model was saved (None when stopped before the end)."""
+    step: int
+    max_steps: int
+    stopped: bool = False
+    """True when the user stopped the run early (it can be resumed)."""
+    train_loss: float | None = None
+    peak_gpu_memory_gib: float | None = None
+    estimated_peak_gib: float | None = None
+
+
+@dataclass(frozen=True)
+class RunFailed(Event):
+    message: str
+    """What went wrong and what to do, in words."""
+    kind: str = "error"
+    """user_error | out_of_memory | error (a bug: see traceback)."""
+    run_dir: str | None = None
+    step: int | None = None
+    traceback: str | None = None
+
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.__name__: cls for cls in (RunStarted, PhaseChanged, ModelReady, DataReady, StepEnded, EvalEnded,
+                                  CheckpointSaved, RunPaused, RunResumed, LogLine, RunFinished, RunFailed)
+}
+
+Emit = Callable[[Event], None]
+
+
+def from_dict(data: dict[str, Any]) -> Event:
+    """Rebuild an event from its JSON form; unknown fields are ignored so old logs stay readable."""
+    cls = EVENT_TYPES[data["event"]]
+    names = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def from_json(line: str) -> Event:
+    return from_dict(json.loads(line))
+
+
+def read_events(path) -> list[Event]:
+    """All events of an events.jsonl; a torn last line (crash mid-write) is skipped."""
+    out = []
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                out.append(from_json(line))
+            except (ValueError, KeyError, TypeError):
+                continue
+    return out

@@ -1,0 +1,1 @@
+"""tunetui's terminal front end (Textual). Thin: all logic lives in core/."""

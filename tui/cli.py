@@ -1,0 +1,64 @@
+"""`tunetui` entry point: no arguments (or a CONFIG.yaml) opens the app; subcommands run headless.
+
+Headless subcommands never import textual; the app path never imports torch before the first frame.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module under core.commands, one-line help)
+SUBCOMMANDS = {
+    "train": ("train", "train headless from a YAML config"),
+    "runs": ("runs", "list the runs in an output folder"),
+    "export": ("export", "merge a LoRA/QLoRA run into a standalone model"),
+    "gpus": ("gpus", "show GPUs, their processes and the host"),
+    "estimate": ("estimate", "estimate peak GPU memory per method and recommend one"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tunetui",
+        description="Fine-tune language models from the terminal. Without a subcommand, opens the app.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        importlib.import_module(f"core.commands.{module}").add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or (argv[0] not in SUBCOMMANDS and not argv[0].startswith("-")):
+        return _open_app(argv)
+    args = build_parser().parse_args(argv)
+    if args.command is None:
+        return _open_app([])
+    from core.errors import TuneError
+
+    module = importlib.import_module(f"core.commands.{SUBCOMMANDS[args.command][0]}")
+    try:
+        return int(module.run(args) or 0)
+    except TuneError as exc:
+        print(f"tunetui {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _open_app(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="tunetui", description="Open the tunetui app.")
+    parser.add_argument("config", nargs="?", help="a run config (YAML) to open on the review screen")
+    parser.add_argument("--output-dir", default=None, help="where runs are written and listed (default: runs)")
+    args = parser.parse_args(argv)
+    from tui.app import main as app_main
+
+    return app_main(config_path=args.config, output_dir=args.output_dir)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
