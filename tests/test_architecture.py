@@ -1,0 +1,54 @@
+"""Layering rules from DESIGN.md: the UI's first imports stay light, core never imports the UI."""
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+HEAVY = ("torch", "transformers", "peft", "bitsandbytes", "datasets", "textual")
+
+
+def _loaded_after(statement: str) -> set[str]:
+    code = f"import sys, json; {statement}; print(json.dumps(sorted(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    return {name.split(".")[0] for name in json.loads(out.stdout)}
+
+
+def test_config_and_events_import_nothing_heavy():
+    loaded = _loaded_after("import core.config, core.events, core.control, core.errors")
+    assert not loaded & set(HEAVY), f"heavy modules loaded: {sorted(loaded & set(HEAVY))}"
+
+
+def test_tui_cli_and_app_do_not_import_ml_libraries_before_first_paint():
+    loaded = _loaded_after("import tui.cli, tui.app")
+    heavy_ml = set(HEAVY) - {"textual"}
+    assert not loaded & heavy_ml, f"the app imports {sorted(loaded & heavy_ml)} before its first frame"
+
+
+def test_resources_import_without_ml_libraries():
+    loaded = _loaded_after("import core.resources.gpus, core.resources.estimate, core.resources.recommend, core.catalog")
+    assert not loaded & set(HEAVY), f"heavy modules loaded: {sorted(loaded & set(HEAVY))}"
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_core_never_imports_the_ui():
+    offenders = {str(p.relative_to(ROOT)): sorted(_imports(p) & {"tui", "textual"})
+                 for p in (ROOT / "core").rglob("*.py") if _imports(p) & {"tui", "textual"}}
+    assert not offenders, offenders
+
+
+def test_every_module_starts_with_a_docstring():
+    missing = [str(p.relative_to(ROOT)) for folder in ("core", "tui") for p in (ROOT / folder).rglob("*.py")
+               if ast.get_docstring(ast.parse(p.read_text(encoding="utf-8"))) is None]
+    assert not missing, f"modules without a one-line docstring: {missing}"
