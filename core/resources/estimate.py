@@ -1,0 +1,730 @@
+"""Peak GPU memory of a fine-tuning run, per method, from the model's config alone (no weights loaded).
+
+Peak ≈ W + T + A + Lg + C (weights, trainable state, activations, logits/loss, fixed overhead), term by term as in
+shared/reference/ESTIMATION.md. Parameter counts are exact for Llama / Mistral / Qwen2 / Qwen3 / Phi / BERT
+configs (checked against transformers in the tests); other architectures are counted by building the model on
+PyTorch's meta device. Imports nothing heavy at module level: the UI imports this before its first paint.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from core.errors import TuneError
+
+GIB = 1024 ** 3
+METHODS = ("full", "freeze", "lora", "qlora")
+OPTIMS = ("adamw", "adamw8bit", "paged_adamw8bit")
+PRECISIONS = ("bf16", "fp16", "fp32")
+
+# CUDA context, kernels and cuBLAS workspace, which nvidia-smi counts and torch's counters do not. ESTIMATION.md
+# §3.5 gives 0.3–2 GB (1.3 GB on a V100 before CUDA's lazy loading, 650 MB in gpu_poor, 1000 MiB in asmirnov).
+CUDA_CONTEXT_GIB = 0.75
+# The caching allocator rounds and fragments: reserved runs 5–15 % above allocated on activation-heavy work
+# (ESTIMATION.md §3.5). Applied to the memory that comes and goes every step (activations, logits).
+ALLOCATOR_FRACTION = 0.10
+# bitsandbytes keeps optimizer state of tensors below this many elements in 32 bits (optim min_8bit_size).
+BNB_MIN_8BIT_SIZE = 4096
+# NF4/FP4 storage per weight with the default blocksize 64: 4 bits + an fp32 absmax per block (4.5 bits); double
+# quantization stores the absmax in 8 bits per 64 plus an fp32 per 256 blocks (4.127 bits). QLoRA paper §3.
+NF4_BITS = 4 + 32 / 64
+NF4_DQ_BITS = 4 + 8 / 64 + 32 / (64 * 256)
+
+# Families whose parameter layout is written out below; anything else is counted on the meta device.
+_LLAMA_LIKE = ("llama", "mistral", "qwen2", "qwen3")
+
+
+@dataclass(frozen=True)
+class LinearShape:
+    """One linear layer inside a transformer block."""
+    name: str
+    """Path inside the block, e.g. `self_attn.q_proj` (peft matches LoRA targets against its end)."""
+    in_features: int
+    out_features: int
+    bias: bool = False
+
+    @property
+    def leaf(self) -> str:
+        return self.name.rsplit(".", 1)[-1]
+
+    def matches(self, target: str) -> bool:
+        return self.name == target or self.name.endswith("." + target)
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    name: str
+    model_type: str
+    architecture: str
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    vocab_size: int
+    tie_embeddings: bool
+    total_params: int
+    dtype: str | None
+    is_encoder: bool
+    linear_names: tuple[str, ...]
+    """Distinct names of the linear layers in a block (what LoRA can target), e.g. q_proj … down_proj."""
+    head_dim: int = 0
+    linears: tuple[LinearShape, ...] = ()
+    block_vectors: tuple[int, ...] = ()
+    """Sizes of a block's other parameters (norm weights and biases)."""
+    embed_tensors: tuple[int, ...] = ()
+    """Sizes of the input-side parameters: token (and position/type) embeddings and their norm."""
+    final_tensors: tuple[int, ...] = ()
+    """Backbone parameters after the last block (final norm)."""
+    head_tensors: tuple[int, ...] = ()
+    """The LM head's own parameters (empty when tied to the embeddings)."""
+    gated_mlp: bool = True
+    norms_per_layer: int = 2
+    exact: bool = True
+    """False when the counts come from a generic formula (unknown architecture, no transformers)."""
+
+    @property
+    def layer_params(self) -> int:
+        return sum(lin.in_features * lin.out_features + (lin.out_features if lin.bias else 0)
+                   for lin in self.linears) + sum(self.block_vectors)
+
+    @property
+    def linear_weight_params(self) -> int:
+        """Weights of every block linear: what 4-/8-bit quantization stores in low precision."""
+        return self.num_layers * sum(lin.in_features * lin.out_features for lin in self.linears)
+
+    @property
+    def q_dim(self) -> int:
+        return self.num_heads * self.head_dim
+
+    @property
+    def kv_dim(self) -> int:
+        return self.num_kv_heads * self.head_dim
+
+    def classification_head(self, num_labels: int) -> tuple[int, ...]:
+        """The new head of *ForSequenceClassification (replaces the LM head): `classifier` with a bias for
+        encoders, `score` without one for decoders."""
+        h = self.hidden_size
+        return (h * num_labels, num_labels) if self.is_encoder else (h * num_labels,)
+
+    def classification_pooler(self) -> tuple[int, ...]:
+        """An encoder's pooler, part of the backbone for classification but absent from MLM configs."""
+        h = self.hidden_size
+        return (h * h, h) if self.is_encoder and not self.final_tensors else ()
+
+
+# ------------------------------------------------------------------ reading a model's config
+
+def hf_cache_dir() -> str:
+    """The hub cache the way huggingface_hub resolves it, read now (its constants are frozen at import)."""
+    env = os.environ
+    if env.get("HF_HUB_CACHE"):
+        return env["HF_HUB_CACHE"]
+    if env.get("HUGGINGFACE_HUB_CACHE"):
+        return env["HUGGINGFACE_HUB_CACHE"]
+    home = env.get("HF_HOME") or os.path.join(env.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"),
+                                               "huggingface")
+    return os.path.join(home, "hub")
+
+
+def _looks_like_path(name: str) -> bool:
+    """Hub ids are `name` or `org/name`; anything else that does not exist is a mistyped path."""
+    return name.startswith(("/", ".", "~")) or name.count("/") > 1 or name.endswith(".json") or os.sep != "/" and \
+        os.sep in name
+
+
+def find_config(name_or_path: str) -> tuple[dict[str, Any], Path | None]:
+    """The config dict of a demo name, a folder, a config.json file or a hub id in the local HF cache."""
+    from core import demo
+
+    if demo.is_demo(name_or_path):
+        if demo.demo_name(name_or_path) not in demo.DEMO_NAMES:
+            raise TuneError(f"Unknown demo model {name_or_path!r}", None,
+                            "Use " + " or ".join(demo.DEMO_PREFIX + n for n in demo.DEMO_NAMES))
+        return dict(demo.TINY_LLAMA_CONFIG), None
+    path = Path(os.path.expanduser(name_or_path))
+    if path.is_dir():
+        config_path = path / "config.json"
+        if not config_path.is_file():
+            adapter = path / "adapter_config.json"
+            if adapter.is_file():  # a LoRA output folder: size it by its base model
+                base = _read_json(adapter).get("base_model_name_or_path")
+                if base:
+                    return find_config(base)
+            raise TuneError(f"No config.json in {path}", str(path),
+                            "Point at the model folder that holds config.json (a Hugging Face model)")
+    elif path.is_file():
+        config_path = path
+    elif _looks_like_path(name_or_path):
+        raise TuneError(f"Model folder {name_or_path} does not exist", None, "Check the path")
+    else:
+        config_path = _cached_config(name_or_path)
+    return _read_json(config_path), config_path
+
+
+def _cached_config(repo_id: str) -> Path:
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(repo_id, "config.json", cache_dir=hf_cache_dir())
+    except Exception:  # noqa: BLE001 - an invalid repo id is the same user error as a missing one
+        found = None
+    if not isinstance(found, str):
+        raise TuneError(f"{repo_id!r} is not a local folder and is not in the Hugging Face cache ({hf_cache_dir()})",
+                        None, f"Download it first (`hf download {repo_id}`), or give a folder holding config.json")
+    return Path(found)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise TuneError(f"Cannot read {path}: {exc.strerror or exc}", str(path)) from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise TuneError(f"{path} is not valid JSON: {exc}", str(path), "Restore the file from the model's source") \
+            from None
+    if not isinstance(data, dict):
+        raise TuneError(f"{path} does not hold a JSON object", str(path))
+    return data
+
+
+def load_shape(name_or_path: str, trust_remote_code: bool = False, *, allow_transformers: bool = True) -> ModelShape:
+    """The model's shape and parameter counts from its config.json alone.
+
+    `allow_transformers=False` never imports transformers/torch (for the UI thread): an unknown architecture
+    then gets an approximate Llama-style count (`exact=False`)."""
+    cfg, config_path = find_config(name_or_path)
+    return shape_from_config(cfg, name_or_path, config_path=config_path, trust_remote_code=trust_remote_code,
+                             allow_transformers=allow_transformers)
+
+
+def shape_from_config(cfg: dict[str, Any], name: str = "model", *, config_path: Path | None = None,
+                      trust_remote_code: bool = False, allow_transformers: bool = True) -> ModelShape:
+    if "hidden_size" not in cfg and isinstance(cfg.get("text_config"), dict):  # multimodal: size the language model
+        cfg = {**cfg["text_config"], "architectures": cfg.get("architectures")}
+    model_type = str(cfg.get("model_type") or "")
+    if model_type in _LLAMA_LIKE:
+        return _llama_like(cfg, name)
+    if model_type == "phi":
+        return _phi(cfg, name)
+    if model_type == "bert":
+        return _bert(cfg, name)
+    if allow_transformers:
+        return _via_meta_device(cfg, name, config_path, trust_remote_code)
+    return replace(_llama_like(cfg, name), exact=False)
+
+
+def _get(cfg: dict, *keys: str, default: Any = None) -> Any:
+    for key in keys:
+        if cfg.get(key) is not None:
+            return cfg[key]
+    if default is None:
+        raise TuneError(f"The model config has no `{keys[0]}`", None, "Is this a Hugging Face transformers config?")
+    return default
+
+
+def _architecture(cfg: dict, fallback: str) -> str:
+    archs = cfg.get("architectures") or []
+    return str(archs[0]) if archs else fallback
+
+
+def _dtype(cfg: dict) -> str | None:
+    value = cfg.get("dtype") or cfg.get("torch_dtype")
+    return str(value) if value else None
+
+
+def _llama_like(cfg: dict, name: str) -> ModelShape:
+    h = int(_get(cfg, "hidden_size", "n_embd", "d_model"))
+    inter = int(_get(cfg, "intermediate_size", "n_inner", "ffn_dim", default=4 * h))
+    layers = int(_get(cfg, "num_hidden_layers", "n_layer", "num_layers"))
+    heads = int(_get(cfg, "num_attention_heads", "n_head", "num_heads"))
+    kv_heads = int(cfg.get("num_key_value_heads") or heads)
+    head_dim = int(cfg.get("head_dim") or h // heads)
+    vocab = int(_get(cfg, "vocab_size"))
+    model_type = str(cfg.get("model_type") or "llama")
+    tied = bool(cfg.get("tie_word_embeddings", False))
+    # qwen2 has q/k/v biases without a flag; llama/mistral say so with attention_bias / mlp_bias.
+    qkv_bias = model_type == "qwen2" or bool(cfg.get("attention_bias", False))
+    o_bias = bool(cfg.get("attention_bias", False)) and model_type != "qwen2"
+    mlp_bias = bool(cfg.get("mlp_bias", False))
+    q, kv = heads * head_dim, kv_heads * head_dim
+    linears = (
+        LinearShape("self_attn.q_proj", h, q, qkv_bias),
+        LinearShape("self_attn.k_proj", h, kv, qkv_bias),
+        LinearShape("self_attn.v_proj", h, kv, qkv_bias),
+        LinearShape("self_attn.o_proj", q, h, o_bias),
+        LinearShape("mlp.gate_proj", h, inter, mlp_bias),
+        LinearShape("mlp.up_proj", h, inter, mlp_bias),
+        LinearShape("mlp.down_proj", inter, h, mlp_bias),
+    )
+    vectors = (h, h) + ((head_dim, head_dim) if model_type == "qwen3" else ())  # qwen3: q_norm, k_norm
+    return _finish(name=name, model_type=model_type, architecture=_architecture(cfg, "LlamaForCausalLM"),
+                   hidden_size=h, intermediate_size=inter, num_layers=layers, num_heads=heads, num_kv_heads=kv_heads,
+                   vocab_size=vocab, tie_embeddings=tied, dtype=_dtype(cfg), is_encoder=False, head_dim=head_dim,
+                   linears=linears, block_vectors=vectors, embed_tensors=(vocab * h,), final_tensors=(h,),
+                   head_tensors=() if tied else (vocab * h,), gated_mlp=True, norms_per_layer=2)
+
+
+def _phi(cfg: dict, name: str) -> ModelShape:
+    h, inter = int(cfg["hidden_size"]), int(cfg["intermediate_size"])
+    layers, heads = int(cfg["num_hidden_layers"]), int(cfg["num_attention_heads"])
+    kv_heads = int(cfg.get("num_key_value_heads") or heads)
+    head_dim, vocab = h // heads, int(cfg["vocab_size"])
+    tied = bool(cfg.get("tie_word_embeddings", False))
+    linears = (
+        LinearShape("self_attn.q_proj", h, heads * head_dim, True),
+        LinearShape("self_attn.k_proj", h, kv_heads * head_dim, True),
+        LinearShape("self_attn.v_proj", h, kv_heads * head_dim, True),
+        LinearShape("self_attn.dense", heads * head_dim, h, True),
+        LinearShape("mlp.fc1", h, inter, True),
+        LinearShape("mlp.fc2", inter, h, True),
+    )
+    qk_norm = (head_dim, head_dim, head_dim, head_dim) if cfg.get("qk_layernorm") else ()
+    # One LayerNorm (weight + bias) per block: attention and MLP run in parallel on the same input.
+    return _finish(name=name, model_type="phi", architecture=_architecture(cfg, "PhiForCausalLM"), hidden_size=h,
+                   intermediate_size=inter, num_layers=layers, num_heads=heads, num_kv_heads=kv_heads,
+                   vocab_size=vocab, tie_embeddings=tied, dtype=_dtype(cfg), is_encoder=False, head_dim=head_dim,
+                   linears=linears, block_vectors=(h, h) + qk_norm, embed_tensors=(vocab * h,), final_tensors=(h, h),
+                   head_tensors=() if tied else (vocab * h, vocab), gated_mlp=False, norms_per_layer=1)
+
+
+def _bert(cfg: dict, name: str) -> ModelShape:
+    h, inter = int(cfg["hidden_size"]), int(cfg.get("intermediate_size") or 4 * h)
+    layers, heads = int(cfg["num_hidden_layers"]), int(cfg["num_attention_heads"])
+    vocab = int(cfg["vocab_size"])
+    positions, types = int(cfg.get("max_position_embeddings", 512)), int(cfg.get("type_vocab_size", 2))
+    arch = _architecture(cfg, "BertModel")
+    linears = (
+        LinearShape("attention.self.query", h, h, True),
+        LinearShape("attention.self.key", h, h, True),
+        LinearShape("attention.self.value", h, h, True),
+        LinearShape("attention.output.dense", h, h, True),
+        LinearShape("intermediate.dense", h, inter, True),
+        LinearShape("output.dense", inter, h, True),
+    )
+    if arch == "BertForMaskedLM":  # transform dense + LayerNorm, decoder bias; decoder weight tied to embeddings
+        final, head = (), (h * h, h, h, h, vocab)
+    else:  # BertModel and task heads built on it keep the pooler
+        final, head = (h * h, h), ()
+    return _finish(name=name, model_type="bert", architecture=arch, hidden_size=h, intermediate_size=inter,
+                   num_layers=layers, num_heads=heads, num_kv_heads=heads, vocab_size=vocab, tie_embeddings=True,
+                   dtype=_dtype(cfg), is_encoder=True, head_dim=h // heads, linears=linears,
+                   block_vectors=(h, h, h, h), embed_tensors=(vocab * h, positions * h, types * h, h, h),
+                   final_tensors=final, head_tensors=head, gated_mlp=False, norms_per_layer=2)
+
+
+def _finish(**kw: Any) -> ModelShape:
+    names = tuple(dict.fromkeys(lin.leaf for lin in kw["linears"]))
+    shape = ModelShape(total_params=0, linear_names=names, **kw)
+    total = (sum(shape.embed_tensors) + shape.num_layers * shape.layer_params + sum(shape.final_tensors)
+             + sum(shape.head_tensors))
+    return replace(shape, total_params=total)
+
+
+def _via_meta_device(cfg: dict, name: str, config_path: Path | None, trust_remote_code: bool) -> ModelShape:
+    """Build the model with no storage (meta device) and read its layout: exact for any transformers model."""
+    try:
+        import torch
+        from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+        if config_path is not None and trust_remote_code:
+            config = AutoConfig.from_pretrained(config_path.parent, trust_remote_code=True)
+        else:
+            config = AutoConfig.for_model(**cfg)
+        with torch.device("meta"):
+            try:
+                model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+            except ValueError:
+                model = AutoModel.from_config(config, trust_remote_code=trust_remote_code)
+    except TuneError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - unknown or broken architecture: say so in words
+        raise TuneError(f"Cannot work out the size of model type {cfg.get('model_type')!r}: {exc}", name,
+                        "Give a model whose architecture transformers knows (or set trust_remote_code if you trust "
+                        "its code)") from None
+    blocks = max((m for m in model.modules() if isinstance(m, torch.nn.ModuleList)), key=len, default=None)
+    if not blocks:
+        raise TuneError(f"Cannot find the transformer blocks of {name}", name)
+    block_params = {id(p) for p in blocks.parameters()}
+    linears = []
+    for mod_name, module in blocks[0].named_modules():
+        kind = type(module).__name__
+        if isinstance(module, torch.nn.Linear):
+            linears.append(LinearShape(mod_name, module.in_features, module.out_features, module.bias is not None))
+        elif kind == "Conv1D":  # GPT-2 style linear, weight stored (in, out)
+            fan_in, fan_out = module.weight.shape
+            linears.append(LinearShape(mod_name, int(fan_in), int(fan_out), module.bias is not None))
+    linear_ids = {id(p) for n, m in blocks[0].named_modules() if n in {lin.name for lin in linears}
+                  for p in m.parameters(recurse=False)}
+    vectors = [p.numel() for p in blocks[0].parameters() if id(p) not in linear_ids]
+    out_emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    head_ids = {id(p) for p in out_emb.parameters()} if out_emb is not None else set()
+    seen: set[int] = set()
+    embed, head = [], []
+    for param in model.parameters():  # parameters() yields a tied weight once
+        if id(param) in block_params or id(param) in seen:
+            continue
+        seen.add(id(param))
+        (head if id(param) in head_ids else embed).append(param.numel())
+    c = config.get_text_config() if hasattr(config, "get_text_config") else config
+    h = int(getattr(c, "hidden_size", 0) or getattr(c, "n_embd", 0))
+    heads = int(getattr(c, "num_attention_heads", 0) or getattr(c, "n_head", 0) or 1)
+    inter = int(getattr(c, "intermediate_size", 0) or getattr(c, "n_inner", 0) or 4 * h)
+    shape = ModelShape(
+        name=name, model_type=str(c.model_type), architecture=type(model).__name__, hidden_size=h,
+        intermediate_size=inter, num_layers=len(blocks), num_heads=heads,
+        num_kv_heads=int(getattr(c, "num_key_value_heads", 0) or heads), vocab_size=int(getattr(c, "vocab_size", 0)),
+        tie_embeddings=not head, total_params=sum(p.numel() for p in model.parameters()), dtype=_dtype(cfg),
+        is_encoder=not bool(getattr(c, "is_decoder", False)) and "CausalLM" not in type(model).__name__,
+        linear_names=tuple(dict.fromkeys(lin.leaf for lin in linears)),
+        head_dim=int(getattr(c, "head_dim", 0) or h // heads), linears=tuple(linears), block_vectors=tuple(vectors),
+        embed_tensors=tuple(embed), final_tensors=(), head_tensors=tuple(head),
+        gated_mlp=sum(1 for lin in linears if lin.in_features == h and lin.out_features == inter) >= 2,
+        norms_per_layer=2)
+    return shape
+
+
+# ------------------------------------------------------------------ settings and the estimate
+
+@dataclass(frozen=True)
+class EstimateSettings:
+    method: str = "lora"
+    """full | freeze | lora | qlora."""
+    trainable_layers: int = 2
+    """Freeze: top N blocks train (+N); -N: the bottom N."""
+    lora_r: int = 8
+    lora_targets: str | tuple[str, ...] = "all-linear"
+    """`all-linear` or module names (q_proj, v_proj, …)."""
+    quant_bits: int = 4
+    """QLoRA base weights: 4 (NF4) or 8 (LLM.int8)."""
+    double_quant: bool = True
+    batch_size: int = 4
+    """Per device, per forward pass."""
+    seq_len: int = 1024
+    """Tokens per example (the longest batch sets the peak)."""
+    gradient_checkpointing: bool = False
+    precision: str = "bf16"
+    """bf16 | fp16 | fp32: the compute dtype; bf16 also holds the weights in bf16 (what the Trainer does with a
+    bf16 model: no fp32 master copy)."""
+    optim: str = "adamw"
+    """adamw (torch, states in the parameter dtype) | adamw8bit | paged_adamw8bit (bitsandbytes)."""
+    grad_accum: int = 1
+    """Forward passes per optimizer step: above 1, gradients live on through the next forward."""
+    lora_dropout: float = 0.05
+    """Above 0, each targeted layer keeps a dropped copy of its input (and the mask) for backward."""
+    use_dora: bool = False
+    freeze_extra: tuple[str, ...] = ()
+    """Freeze: also train any of `norm`, `embed_tokens`, `lm_head`."""
+    weights_dtype: str = "auto"
+    """auto | float32 | bfloat16 | float16 (model.dtype). float32 with bf16/fp16 is mixed precision (AMP)."""
+    task: str = "causal_lm"
+    """causal_lm (SFT, continued pre-training) or classification (a small head replaces the LM head)."""
+    num_labels: int = 2
+    attention: str = "sdpa"
+    """sdpa/flash keep O(s) per head; eager keeps the s×s attention probabilities."""
+    chunked_loss: bool = False
+    """Loss computed chunk by chunk (torchtune, LitGPT, Cut Cross-Entropy, Liger). tunetui's Trainer
+    materialises the full logits, so False for its own runs."""
+    upcast_non_quantized: bool = True
+    """QLoRA: peft's prepare_model_for_kbit_training casts every non-quantized weight to fp32."""
+    grads_freed_after_step: bool = True
+    """The Trainer drops gradients after each optimizer step (zero_grad(set_to_none=True), torch >= 2.0), so
+    with no accumulation they never meet the next forward's activations."""
+
+    @classmethod
+    def from_config(cls, config: Any) -> "EstimateSettings":
+        """The settings a RunConfig implies (what the engine would do on a GPU)."""
+        m, t, d = config.method, config.train, config.data
+        precision = t.precision
+        if precision == "auto":
+            precision = "fp32" if t.device == "cpu" else "bf16"
+        return cls(
+            method=m.kind, trainable_layers=m.freeze.trainable_layers, lora_r=m.lora.r,
+            lora_targets=m.lora.target_modules, quant_bits=m.quant.bits, double_quant=m.quant.double_quant,
+            batch_size=t.batch_size, seq_len=d.max_length, gradient_checkpointing=t.gradient_checkpointing,
+            precision=precision, optim=t.optim, grad_accum=t.grad_accum, lora_dropout=m.lora.dropout,
+            use_dora=m.lora.use_dora, freeze_extra=tuple(m.freeze.extra_modules), weights_dtype=config.model.dtype,
+            task="classification" if d.format == "classification" else "causal_lm")
+
+    def with_(self, **changes: Any) -> "EstimateSettings":
+        return replace(self, **changes)
+
+    def targets(self) -> str | tuple[str, ...]:
+        t = self.lora_targets
+        if isinstance(t, str) and t != "all-linear":
+            return tuple(x.strip() for x in t.split(",") if x.strip())
+        return t
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Peak GPU memory of one method (GiB) and its parts. weights: every parameter held on the GPU (base model,
+    adapters); trainable_state: gradients and optimizer state; overhead: CUDA context and allocator slack."""
+    method: str
+    peak_gib: float
+    weights_gib: float
+    trainable_state_gib: float
+    activations_gib: float
+    logits_gib: float
+    overhead_gib: float
+    total_params: int
+    """Parameters of the model as trained: for LoRA/QLoRA the base model plus the adapters (as peft counts)."""
+    trainable_params: int
+    notes: tuple[str, ...]
+    context_gib: float = CUDA_CONTEXT_GIB
+    """The part of overhead that nvidia-smi sees but torch.cuda.max_memory_* does not."""
+    allocator_gib: float = 0.0
+    """The part of overhead for allocator fragmentation: in torch's reserved memory, not in max_memory_allocated."""
+    gradients_gib: float = 0.0
+    optimizer_gib: float = 0.0
+
+
+def _validate(s: EstimateSettings) -> None:
+    def check(ok: bool, what: str, fix: str) -> None:
+        if not ok:
+            raise TuneError(what, None, fix)
+
+    check(s.method in METHODS, f"Unknown method {s.method!r}", "Use one of: " + ", ".join(METHODS))
+    check(s.optim in OPTIMS, f"Unknown optimizer {s.optim!r}", "Use one of: " + ", ".join(OPTIMS))
+    check(s.precision in PRECISIONS, f"Unknown precision {s.precision!r}", "Use one of: " + ", ".join(PRECISIONS))
+    check(s.quant_bits in (4, 8), f"QLoRA bits is {s.quant_bits}", "Use 4 or 8")
+    check(s.batch_size >= 1 and s.grad_accum >= 1, f"Batch size {s.batch_size} × accumulation {s.grad_accum}",
+          "Use 1 or more for both")
+    check(s.seq_len >= 1, f"Sequence length is {s.seq_len}", "Use 1 or more tokens")
+    check(s.lora_r >= 1, f"LoRA rank is {s.lora_r}", "Use a rank of 1 or more, e.g. 8")
+    check(s.trainable_layers != 0, "Freeze with 0 trainable layers trains nothing", "Use N > 0 (top) or -N (bottom)")
+    check(s.task in ("causal_lm", "classification"), f"Unknown task {s.task!r}", "Use causal_lm or classification")
+
+
+def _lora_layers(shape: ModelShape, s: EstimateSettings) -> tuple[LinearShape, ...]:
+    targets = s.targets()
+    if targets == "all-linear":
+        return shape.linears
+    chosen = tuple(lin for lin in shape.linears if any(lin.matches(t) for t in targets))
+    if not chosen:
+        raise TuneError(f"LoRA targets {', '.join(targets)} match no linear layer of {shape.name}", None,
+                        "Use all-linear or some of: " + ", ".join(shape.linear_names))
+    return chosen
+
+
+def trainable_tensors(shape: ModelShape, s: EstimateSettings) -> list[int]:
+    """Sizes of the tensors that train under `s` (what `requires_grad` would be True for)."""
+    L = shape.num_layers
+    classify = s.task == "classification"
+    cls_head = list(shape.classification_head(s.num_labels)) if classify else []
+    head = list(shape.classification_pooler()) + cls_head if classify else list(shape.head_tensors)
+    block = [lin.in_features * lin.out_features for lin in shape.linears] + \
+            [lin.out_features for lin in shape.linears if lin.bias] + list(shape.block_vectors)
+    if s.method == "full":
+        return list(shape.embed_tensors) + block * L + list(shape.final_tensors) + head
+    if s.method == "freeze":
+        n = min(abs(s.trainable_layers), L)
+        out = block * n + cls_head
+        if "norm" in s.freeze_extra:
+            out += list(shape.final_tensors)
+        if "embed_tokens" in s.freeze_extra:
+            out.append(shape.embed_tensors[0])
+        if "lm_head" in s.freeze_extra and s.task != "classification":
+            # A tied head is the embedding matrix: it trains once, whichever name asked for it.
+            if shape.head_tensors:
+                out += list(shape.head_tensors)
+            elif "embed_tokens" not in s.freeze_extra:
+                out.append(shape.embed_tensors[0])
+        return out
+    out = []
+    for lin in _lora_layers(shape, s):
+        out += [s.lora_r * lin.in_features, lin.out_features * s.lora_r]
+        if s.use_dora:
+            out.append(lin.out_features)
+    return out * L + cls_head  # the classification head trains whole (peft modules_to_save)
+
+
+def _weights_bytes(s: EstimateSettings) -> tuple[float, float]:
+    """(bytes per frozen weight, bytes per trainable weight) for full/freeze/lora."""
+    half = 2.0
+    if s.precision == "fp32" or s.weights_dtype == "float32":
+        return 4.0, 4.0
+    if s.precision == "fp16":
+        # fp16 weights cannot be trained with a grad scaler: trainable ones stay fp32 (AMP), frozen ones fp16.
+        return half, 4.0
+    return half, half
+
+
+def _optimizer_bytes(numel: int, param_bytes: float, optim: str) -> float:
+    if optim == "adamw":
+        return 2 * param_bytes * numel  # exp_avg and exp_avg_sq in the parameter dtype
+    if numel < BNB_MIN_8BIT_SIZE:
+        return 8.0 * numel
+    return 2.0 * numel + 2 * 4 * numel / 256  # two 8-bit states + an fp32 absmax per 256-element block
+
+
+def _dtype_bytes(s: EstimateSettings) -> tuple[float, float]:
+    """(bytes of a matmul output / saved linear input, bytes of the residual stream).
+
+    bf16/fp16 weights: both half. An fp32 model under autocast (AMP): matmuls run in half precision, but the
+    embeddings, residual adds and norms stay fp32. fp32: both 4."""
+    if s.precision == "fp32":
+        return 4.0, 4.0
+    amp = s.weights_dtype == "float32" or (s.precision == "fp16" and s.method in ("full", "freeze"))
+    return 2.0, 4.0 if amp else 2.0
+
+
+def activation_bytes_per_token(shape: ModelShape, s: EstimateSettings) -> dict[str, float]:
+    """Saved activations per token: one block (`layer`), the block input kept by checkpointing (`checkpoint`), LoRA
+    extras per block (`lora`) and the part outside the blocks (`outside`)."""
+    ab, sb = _dtype_bytes(s)
+    h, inter, heads = shape.hidden_size, shape.intermediate_size, shape.num_heads
+    q, kv = shape.q_dim or h, shape.kv_dim or h
+    # Autocast runs softmax in fp32: eager attention keeps the fp32 probabilities, plus the half copy the next
+    # matmul saves (with fp32 compute that copy is the same tensor).
+    probs = 4.0 + (ab if ab < 4 else 0.0)
+    if shape.is_encoder:
+        # Korthikanti et al. 2022 eq. 1 (BERT: post-norm, dropout with 1-byte masks): q/k/v input, q, k, v, the
+        # out-projection input, fc1 input, GELU input and output, two masks, and two LayerNorm inputs (fp32
+        # under autocast) — 34h + 5as in 16 bits when I = 4h.
+        layer = ab * (6 * h + 2 * inter) + 2 * h + 2 * 4.0 * h
+        # Attention dropout: fp32 probabilities, the 1-byte mask and the dropped probabilities the matmul saves.
+        eager = (4.0 + 1 + ab) * heads * s.seq_len
+    else:
+        # ESTIMATION.md §3.3: each RMSNorm keeps its fp32 input and its output; q/k/v input; SDPA keeps q, k, v, out;
+        # MLP input; gate, up, act and product (4I) or fc1 out and act (2I) — 20h + 4h_kv + 8I for Llama in bf16.
+        norms = shape.norms_per_layer * (4 + sb) * h
+        mlp = (4 if shape.gated_mlp else 2) * ab * inter
+        layer = norms + ab * (h + 2 * q + 2 * kv + h) + mlp
+        eager = probs * heads * s.seq_len
+    if s.attention == "eager":
+        layer += eager
+    lora = 0.0
+    if s.method in ("lora", "qlora"):
+        for lin in _lora_layers(shape, s):
+            lora += ab * s.lora_r  # lora_A's output, kept for lora_B's gradient
+            if s.lora_dropout > 0:
+                lora += (ab + 1) * lin.in_features  # the dropped copy of the input and its mask
+    return {"layer": layer, "checkpoint": sb * h, "lora": lora, "outside": (4 + ab + sb) * h}
+
+
+def estimate(shape: ModelShape, settings: EstimateSettings) -> Estimate:
+    s = settings
+    _validate(s)
+    L = shape.num_layers
+    notes: list[str] = []
+    tokens = s.batch_size * s.seq_len
+    frozen_b, train_b = _weights_bytes(s)
+    if s.task == "classification":
+        head = shape.classification_pooler() + shape.classification_head(s.num_labels)
+    else:
+        head = shape.head_tensors
+    base = sum(shape.embed_tensors) + L * shape.layer_params + sum(shape.final_tensors) + sum(head)
+    trainable = trainable_tensors(shape, s)
+    n_train = sum(trainable)
+    # What peft reports as "all params": the base model plus the adapters (and the trained copy of a new head).
+    total = base + n_train if s.method in ("lora", "qlora") else base
+
+    # W: every weight on the GPU.
+    if s.method in ("full", "freeze"):
+        weights = n_train * train_b + (total - n_train) * frozen_b
+    elif s.method == "lora":
+        weights = base * frozen_b + n_train * 4.0  # peft keeps adapters in fp32 (autocast_adapter_dtype)
+    else:
+        quantized = shape.linear_weight_params
+        if s.quant_bits == 4:
+            bits = NF4_DQ_BITS if s.double_quant else NF4_BITS
+            low = quantized * bits / 8
+        else:  # LLM.int8: one byte a weight plus an fp32 scale per output row
+            low = quantized + 4.0 * L * sum(lin.out_features for lin in shape.linears)
+        other_b = 4.0 if s.upcast_non_quantized else 2.0
+        weights = low + (base - quantized) * other_b + n_train * 4.0
+        if s.upcast_non_quantized:
+            notes.append(f"The {_count(base - quantized)} weights that stay unquantized (embeddings, "
+                         "LM head, norms) are held in fp32 by peft's k-bit preparation.")
+
+    # T: gradients (the trainable params' dtype) and optimizer state.
+    param_b = train_b if s.method in ("full", "freeze") else 4.0
+    grads = n_train * param_b
+    optimizer = sum(_optimizer_bytes(n, param_b, s.optim) for n in trainable)
+    if s.optim == "paged_adamw8bit":
+        notes.append("Paged optimizer state is counted in full: it only spills to CPU RAM under pressure.")
+
+    # A: activations. Backward flows through every block above the lowest one that trains.
+    per = activation_bytes_per_token(shape, s)
+    if s.method == "freeze":
+        n = min(abs(s.trainable_layers), L)
+        active = n if s.trainable_layers > 0 else L
+    else:
+        active = L
+    # Checkpointing keeps each block's input and recomputes one block at a time (ESTIMATION.md §3.3).
+    checkpointed = tokens * (active * per["checkpoint"] + per["layer"] + per["lora"] + per["outside"])
+    kept = tokens * (active * (per["layer"] + per["lora"]) + per["outside"])
+    activations = checkpointed if s.gradient_checkpointing else kept
+
+    # Lg: logits and cross-entropy buffers: half logits, their fp32 upcast, log-softmax and its gradient.
+    if s.task == "classification":
+        logits = 0.0
+    else:
+        ab, _ = _dtype_bytes(s)
+        per_vocab = ab if s.chunked_loss else ab + (4.0 if ab < 4 else 0.0) + 8.0
+        logits = tokens * shape.vocab_size * per_vocab
+        if logits > max(activations, 1):
+            notes.append(f"The logits for a {shape.vocab_size:,}-token vocabulary ({logits / GIB:.1f} GiB) are "
+                         "the largest per-token cost: a shorter max length or smaller batch cuts them.")
+
+    # QLoRA dequantizes one weight at a time for each matmul: a transient the size of the largest linear.
+    transient = 0.0
+    if s.method == "qlora" and shape.linears:
+        transient = max(lin.in_features * lin.out_features for lin in shape.linears) * 2.0
+
+    # With one forward per step the Trainer frees gradients after the optimizer step (set_to_none), so they grow
+    # while backward frees activations: the peak holds the larger of the two. With accumulation they coexist.
+    if s.grad_accum > 1 or not s.grads_freed_after_step:
+        dynamic = activations + logits + grads
+    else:
+        dynamic = max(activations + logits, grads)
+        if grads > activations + logits and activations > 0:
+            notes.append("Gradients and activations are not held at once (no gradient accumulation): the peak "
+                         "counts the larger, so the parts add up to more than the peak.")
+    # Autocast caches a half copy of each fp32 trainable weight for the forward and backward of a step.
+    matmul_b = _dtype_bytes(s)[0]
+    if matmul_b < 4 and param_b == 4.0:
+        transient += n_train * matmul_b
+    allocator = ALLOCATOR_FRACTION * (activations + logits)
+    overhead = CUDA_CONTEXT_GIB * GIB + allocator + transient
+    peak = weights + optimizer + dynamic + overhead
+    if not s.gradient_checkpointing and activations > 0.3 * peak:
+        notes.append(f"Gradient checkpointing would cut the activations to about {_gib(checkpointed):.1f} GiB "
+                     "(about 30% slower).")
+    if not shape.exact:
+        notes.append(f"Unknown architecture {shape.model_type!r}: parameters counted with a Llama-style formula.")
+    return Estimate(method=s.method, peak_gib=_gib(peak), weights_gib=_gib(weights),
+                    trainable_state_gib=_gib(grads + optimizer), activations_gib=_gib(activations),
+                    logits_gib=_gib(logits), overhead_gib=_gib(overhead), total_params=total,
+                    trainable_params=n_train, notes=tuple(notes), context_gib=CUDA_CONTEXT_GIB,
+                    allocator_gib=_gib(allocator), gradients_gib=_gib(grads), optimizer_gib=_gib(optimizer))
+
+
+def estimate_all(shape: ModelShape, settings: EstimateSettings) -> dict[str, Estimate]:
+    """The same run under each method: keys full, freeze, lora, qlora."""
+    return {method: estimate(shape, settings.with_(method=method)) for method in METHODS}
+
+
+def _gib(value: float) -> float:
+    return value / GIB
+
+
+def _count(n: float) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= size:
+            return f"{n / size:.3g} {unit}"
+    return str(int(n))
+
+
+def count_text(n: float) -> str:
+    """1.24 B, 8.4 M, 512 — parameter counts for people."""
+    return _count(n)
+
+
+__all__ = ["ModelShape", "LinearShape", "EstimateSettings", "Estimate", "load_shape", "shape_from_config",
+           "find_config", "estimate", "estimate_all", "trainable_tensors", "activation_bytes_per_token",
+           "hf_cache_dir", "count_text", "METHODS", "OPTIMS", "PRECISIONS", "CUDA_CONTEXT_GIB", "GIB"]

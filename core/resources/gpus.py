@@ -1,0 +1,289 @@
+"""GPU read-outs through NVML (module `pynvml`), plus scripted samplers for tests. Imports nothing heavy.
+
+No driver or no GPU is a normal state, reported in `Snapshot.gpu_status`, never an exception. Each NVML field is
+read on its own, so one unsupported call (power on some boards, processes in containers) leaves only that field
+None. `CUDA_VISIBLE_DEVICES` decides which GPUs a run would use.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import time as _time
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol, Sequence, runtime_checkable
+
+from core.resources.host import GIB, HostSample, sample_host
+
+
+@dataclass(frozen=True)
+class GpuProcess:
+    pid: int
+    user: str | None
+    memory_gib: float | None
+    """GPU memory the process holds (None where the driver does not say, e.g. inside some containers)."""
+    command: str | None
+
+
+@dataclass(frozen=True)
+class GpuSample:
+    index: int
+    """NVML index (PCI bus order, like nvidia-smi)."""
+    name: str
+    memory_total_gib: float | None
+    memory_used_gib: float | None
+    memory_free_gib: float | None
+    utilization_pct: float | None
+    temperature_c: float | None
+    power_w: float | None
+    power_limit_w: float | None
+    processes: tuple[GpuProcess, ...] = ()
+    uuid: str | None = None
+    """`GPU-…`, for matching UUIDs in CUDA_VISIBLE_DEVICES."""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    gpus: tuple[GpuSample, ...]
+    host: HostSample
+    gpu_status: str
+    """"ok", or a sentence saying why there are no GPUs, e.g. "no NVIDIA GPU found (NVML: driver library not found)"."""
+    time: float = 0.0
+    """Unix time of the sample."""
+    visible: tuple[int, ...] | None = None
+    """NVML indices a run would use, in CUDA order (from CUDA_VISIBLE_DEVICES); None: all of them."""
+
+    def run_gpus(self) -> tuple[GpuSample, ...]:
+        """The GPUs a run started now would use."""
+        if self.visible is None:
+            return self.gpus
+        by_index = {g.index: g for g in self.gpus}
+        return tuple(by_index[i] for i in self.visible if i in by_index)
+
+    def free_gib(self) -> float | None:
+        """Free memory on the first GPU a run would use (the one a single-GPU run trains on); None: no GPU."""
+        gpus = self.run_gpus()
+        return gpus[0].memory_free_gib if gpus else None
+
+
+@runtime_checkable
+class Sampler(Protocol):
+    def sample(self) -> Snapshot: ...
+
+
+def visible_devices(value: str | None, gpus: Sequence[GpuSample]) -> tuple[int, ...] | None:
+    """NVML indices named by a CUDA_VISIBLE_DEVICES value (None when unset: every GPU is visible).
+
+    Like CUDA, the list ends at the first entry that names no device. Entries are indices or (prefixes of) GPU
+    UUIDs. Indices are taken as NVML's (PCI) order: set CUDA_DEVICE_ORDER=PCI_BUS_ID where GPUs differ, or CUDA's
+    default fastest-first order may number them differently.
+    """
+    if value is None:
+        return None
+    out: list[int] = []
+    by_index = {g.index for g in gpus}
+    for raw in value.split(","):
+        entry = raw.strip()
+        if not entry:
+            break
+        index: int | None = None
+        if entry.lstrip("-").isdigit():
+            index = int(entry) if int(entry) in by_index else None
+        elif entry.upper().startswith("GPU-"):
+            matches = [g.index for g in gpus if g.uuid and g.uuid.lower().startswith(entry.lower())]
+            index = matches[0] if len(matches) == 1 else None
+        if index is None:  # MIG-… or an unknown device: CUDA stops here too
+            break
+        if index not in out:
+            out.append(index)
+    return tuple(out)
+
+
+# ------------------------------------------------------------------ the real sampler
+
+def _nvml_reason(exc: BaseException) -> str:
+    name = type(exc).__name__
+    if name.endswith("LibraryNotFound"):
+        return "driver library not found"
+    if name.endswith("DriverNotLoaded"):
+        return "driver not loaded"
+    if name.endswith("NoPermission"):
+        return "no permission to read the GPUs"
+    return str(exc) or name
+
+
+class SystemSampler:
+    """Reads this machine: NVML for GPUs (initialised once, handles reused) and psutil for the host.
+
+    Cheap enough to call every second: the only per-call work is a handful of NVML queries per GPU and a psutil
+    lookup per GPU process.
+    """
+
+    def __init__(self, env: dict[str, str] | None = None) -> None:
+        self._env = env
+        self._lock = threading.Lock()
+        self._nvml: Any = None
+        self._status: str | None = None
+        self._handles: list[Any] = []
+        self._static: dict[int, tuple[str, str | None]] = {}
+        self._users: dict[int, tuple[str | None, str | None]] = {}
+
+    def _init(self) -> None:
+        if self._status is not None:
+            return
+        try:
+            import pynvml
+        except ImportError:
+            self._status = "no NVIDIA GPU found (the nvidia-ml-py package is not installed)"
+            return
+        try:
+            pynvml.nvmlInit()
+            count = pynvml.nvmlDeviceGetCount()
+            self._handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
+        except pynvml.NVMLError as exc:
+            self._status = f"no NVIDIA GPU found (NVML: {_nvml_reason(exc)})"
+            return
+        self._nvml = pynvml
+        self._status = "ok" if self._handles else "no NVIDIA GPU found (NVML sees 0 devices)"
+
+    def sample(self) -> Snapshot:
+        with self._lock:
+            self._init()
+            gpus = tuple(self._gpu(i, h) for i, h in enumerate(self._handles)) if self._nvml else ()
+        env = self._env if self._env is not None else os.environ
+        return Snapshot(gpus=gpus, host=sample_host(), gpu_status=self._status or "ok", time=_time.time(),
+                        visible=visible_devices(env.get("CUDA_VISIBLE_DEVICES"), gpus))
+
+    def close(self) -> None:
+        with self._lock:
+            if self._nvml is not None:
+                try:
+                    self._nvml.nvmlShutdown()
+                except self._nvml.NVMLError:
+                    pass
+            self._nvml, self._status, self._handles = None, None, []
+
+    def _field(self, call: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return call(*args)
+        except self._nvml.NVMLError:
+            return None
+
+    def _gpu(self, index: int, handle: Any) -> GpuSample:
+        nv = self._nvml
+        if index not in self._static:
+            name = self._field(nv.nvmlDeviceGetName, handle)
+            uuid = self._field(nv.nvmlDeviceGetUUID, handle)
+            self._static[index] = (_text(name) or f"GPU {index}", _text(uuid))
+        name, uuid = self._static[index]
+        mem = self._field(nv.nvmlDeviceGetMemoryInfo, handle)
+        util = self._field(nv.nvmlDeviceGetUtilizationRates, handle)
+        temp = self._field(nv.nvmlDeviceGetTemperature, handle, nv.NVML_TEMPERATURE_GPU)
+        power = self._field(nv.nvmlDeviceGetPowerUsage, handle)
+        limit = self._field(nv.nvmlDeviceGetEnforcedPowerLimit, handle)
+        return GpuSample(
+            index=index, name=name, uuid=uuid,
+            memory_total_gib=_gib(getattr(mem, "total", None)),
+            memory_used_gib=_gib(getattr(mem, "used", None)),
+            memory_free_gib=_gib(getattr(mem, "free", None)),
+            utilization_pct=_float(getattr(util, "gpu", None)),
+            temperature_c=_float(temp),
+            power_w=None if power is None else power / 1000.0,
+            power_limit_w=None if limit is None else limit / 1000.0,
+            processes=self._processes(handle),
+        )
+
+    def _processes(self, handle: Any) -> tuple[GpuProcess, ...]:
+        nv = self._nvml
+        seen: dict[int, GpuProcess] = {}
+        for call in (nv.nvmlDeviceGetComputeRunningProcesses, nv.nvmlDeviceGetGraphicsRunningProcesses):
+            for proc in self._field(call, handle) or ():
+                pid = int(getattr(proc, "pid", 0) or 0)
+                if pid in seen:
+                    continue
+                used = getattr(proc, "usedGpuMemory", None)
+                user, command = self._owner(pid)
+                seen[pid] = GpuProcess(pid=pid, user=user, memory_gib=_gib(used), command=command)
+        return tuple(sorted(seen.values(), key=lambda p: -(p.memory_gib or 0.0)))
+
+    def _owner(self, pid: int) -> tuple[str | None, str | None]:
+        """User and command line of a pid; None where it lives in another PID namespace or is not ours to read."""
+        if pid in self._users:
+            return self._users[pid]
+        import psutil
+
+        try:
+            proc = psutil.Process(pid)
+            user = proc.username()
+            command = " ".join(proc.cmdline()) or proc.name()
+        except (psutil.Error, OSError):
+            user, command = None, None
+        if len(self._users) > 512:  # pids are reused; keep the cache from growing for ever
+            self._users.clear()
+        self._users[pid] = (user, command)
+        return user, command
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _gib(value: Any) -> float | None:
+    # NVML reports NVML_VALUE_NOT_AVAILABLE (2**64 - 1) for memory it cannot attribute.
+    if value is None or value >= 2 ** 63:
+        return None
+    return value / GIB
+
+
+# ------------------------------------------------------------------ scripted samplers for tests and UI tests
+
+FAKE_HOST = HostSample(cpu_pct=12.0, cpu_count=16, ram_total_gib=64.0, ram_used_gib=12.0, ram_available_gib=52.0,
+                       process_rss_gib=0.4)
+NO_GPU_STATUS = "no NVIDIA GPU found (NVML: driver library not found)"
+
+
+class ScriptedSampler:
+    """Returns the given snapshots in turn, starting over after the last."""
+
+    def __init__(self, snapshots: Sequence[Snapshot]) -> None:
+        if not snapshots:
+            raise ValueError("ScriptedSampler needs at least one snapshot")
+        self.snapshots = tuple(snapshots)
+        self._cycle = itertools.cycle(self.snapshots)
+        self._lock = threading.Lock()
+        self.calls = 0
+
+    def sample(self) -> Snapshot:
+        with self._lock:
+            self.calls += 1
+            return next(self._cycle)
+
+
+def fake_snapshot(gpus_gib: Sequence[float] = (), used_gib: Sequence[float] = (), *, name: str = "NVIDIA Fake GPU",
+                  processes: bool = True, utilization: float | Sequence[float] = 0.0,
+                  host: HostSample | None = None, visible: tuple[int, ...] | None = None,
+                  time: float = 0.0) -> Snapshot:
+    """A made-up snapshot: one GPU per entry of `gpus_gib` (total GiB), `used_gib` already taken on each (by a
+    fake process `python other_job.py` when `processes`). No entries: the no-driver state."""
+    gpus = []
+    for i, total in enumerate(gpus_gib):
+        used = float(used_gib[i]) if i < len(used_gib) else 0.0
+        util = utilization if isinstance(utilization, (int, float)) else utilization[i]
+        procs = (GpuProcess(pid=4242 + i, user="someone", memory_gib=used, command="python other_job.py"),) \
+            if processes and used > 0 else ()
+        gpus.append(GpuSample(
+            index=i, name=name, memory_total_gib=float(total), memory_used_gib=used,
+            memory_free_gib=float(total) - used, utilization_pct=float(util), temperature_c=40.0,
+            power_w=60.0, power_limit_w=300.0, processes=procs, uuid=f"GPU-fake-{i:04d}"))
+    return Snapshot(gpus=tuple(gpus), host=host or FAKE_HOST, gpu_status="ok" if gpus else NO_GPU_STATUS,
+                    time=time, visible=visible)
+
+
+__all__ = ["GpuProcess", "GpuSample", "Snapshot", "Sampler", "SystemSampler", "ScriptedSampler", "fake_snapshot",
+           "visible_devices", "NO_GPU_STATUS", "FAKE_HOST"]

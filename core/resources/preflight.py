@@ -1,0 +1,131 @@
+"""Before a run: does its estimated peak fit the GPU it will use? After a CUDA out-of-memory: what to try instead.
+
+The runner emits `Preflight.message` as a warning (and refuses with `--strict` when `fits` is False) and puts
+`oom_advice(config)` in the RunFailed message. Imports nothing heavy.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from core.errors import TuneError
+from core.resources.estimate import Estimate, EstimateSettings, ModelShape, estimate, load_shape
+from core.resources.gpus import GpuSample, Snapshot, SystemSampler
+from core.resources.recommend import FIT_FRACTION, NAMES, Suggestion, suggest_fixes
+
+
+@dataclass(frozen=True)
+class Preflight:
+    estimate_gib: float | None
+    """Estimated peak of this run (None when it could not be estimated)."""
+    free_gib: float | None
+    """Free memory on the GPU the run will use (None: no GPU, or it does not say)."""
+    fits: bool | None
+    """False: the estimate exceeds the free memory. None: nothing to compare (CPU run, no estimate)."""
+    message: str
+
+
+def _sample() -> Snapshot:
+    sampler = SystemSampler()
+    try:
+        return sampler.sample()
+    finally:
+        sampler.close()
+
+
+def _estimate(config) -> tuple[ModelShape, EstimateSettings, Estimate]:
+    shape = load_shape(config.model.name_or_path, config.model.trust_remote_code, allow_transformers=True)
+    settings = EstimateSettings.from_config(config)
+    return shape, settings, estimate(shape, settings)
+
+
+def _gpu_name(gpu: GpuSample) -> str:
+    return f"GPU {gpu.index} ({gpu.name})"
+
+
+def _try(suggestions: list[Suggestion], current_method: str) -> str:
+    """`LoRA with gradient checkpointing (--set train.gradient_checkpointing=true): about 12.3 GiB`."""
+    parts = []
+    for s in suggestions:
+        sets = " ".join(f"--set {o}" for o in s.overrides if o != f"method.kind={current_method}")
+        parts.append(f"{NAMES[s.method]} with {s.change} ({sets}): about {s.peak_gib:.1f} GiB")
+    return "; or ".join(parts)
+
+
+def _cheaper(shape: ModelShape, settings: EstimateSettings, budget_gib: float) -> list[Suggestion]:
+    """Up to two ways under `budget_gib`: a change to this method first, then a cheaper method."""
+    out = [s for s in suggest_fixes(shape, settings, budget_gib) if s.fits][:1]
+    for method in ("qlora",) if settings.method != "qlora" else ():
+        other = settings.with_(method=method)
+        peak = estimate(shape, other).peak_gib
+        if peak <= budget_gib:
+            out.append(Suggestion(method, f"the base model in {other.quant_bits} bits", other, peak,
+                                  (f"method.kind={method}",)))
+        else:
+            out += [s for s in suggest_fixes(shape, other, budget_gib) if s.fits][:1]
+    return out[:2]
+
+
+def preflight(config, snapshot: Snapshot | None = None) -> Preflight:
+    """Compare the run's estimated peak with the free memory of the GPU it would use."""
+    if config.train.device == "cpu":
+        return Preflight(None, None, None, "Training on the CPU: no GPU memory to check.")
+    snapshot = snapshot or _sample()
+    gpus = snapshot.run_gpus()
+    free = gpus[0].memory_free_gib if gpus else None
+    try:
+        shape, settings, est = _estimate(config)
+    except TuneError as exc:
+        return Preflight(None, free, None, f"Could not estimate this run's GPU memory: {exc}")
+    peak = est.peak_gib
+    if not gpus:
+        why = (f"{snapshot.gpu_status[0].upper()}{snapshot.gpu_status[1:]}" if not snapshot.gpus
+               else "CUDA_VISIBLE_DEVICES hides every GPU")
+        return Preflight(peak, None, None, f"{why}: this run trains on the CPU. On a GPU it would need about "
+                         f"{peak:.1f} GiB.")
+    gpu = gpus[0]
+    if free is None:
+        return Preflight(peak, None, None, f"{_gpu_name(gpu)} does not report its free memory; this run needs "
+                         f"about {peak:.1f} GiB.")
+    if peak <= FIT_FRACTION * free:
+        return Preflight(peak, free, True, f"Estimated peak {peak:.1f} GiB of {free:.1f} GiB free on "
+                         f"{_gpu_name(gpu)}: it fits.")
+    options = _cheaper(shape, settings, FIT_FRACTION * free)
+    advice = f" Try: {_try(options, settings.method)}." if options else ""
+    if peak <= free:
+        return Preflight(peak, free, True, f"Estimated peak {peak:.1f} GiB is close to the {free:.1f} GiB free on "
+                         f"{_gpu_name(gpu)}: it may run out of memory.{advice}")
+    return Preflight(peak, free, False, f"Estimated peak {peak:.1f} GiB exceeds the {free:.1f} GiB free on "
+                     f"{_gpu_name(gpu)}: this run will probably run out of memory.{advice}")
+
+
+def oom_advice(config, snapshot: Snapshot | None = None) -> str:
+    """The sentence for a RunFailed after a CUDA out-of-memory error: what ran out and a cheaper configuration."""
+    try:
+        shape, settings, est = _estimate(config)
+    except TuneError as exc:
+        return f"Out of memory on the GPU. (No estimate to suggest a cheaper configuration: {exc})"
+    if snapshot is None:
+        try:
+            snapshot = _sample()
+        except Exception:  # noqa: BLE001 - advice must never fail the failure report
+            snapshot = None
+    gpus = snapshot.run_gpus() if snapshot is not None else ()
+    text = f"Out of memory on the GPU: this run's estimated peak was {est.peak_gib:.1f} GiB"
+    # What this process could have had: the card minus what other processes hold. Without that, aim well below
+    # the estimate that just failed.
+    budget = 0.8 * est.peak_gib
+    if gpus and gpus[0].memory_total_gib:
+        gpu = gpus[0]
+        others = sum(p.memory_gib or 0.0 for p in gpu.processes if p.pid != os.getpid())
+        budget = min(budget, FIT_FRACTION * (gpu.memory_total_gib - others))
+        text += f" on {_gpu_name(gpu)} with {gpu.memory_total_gib:.1f} GiB"
+        if others:
+            text += f", {others:.1f} GiB of it held by other processes"
+    options = _cheaper(shape, settings, budget)
+    if options:
+        return text + f". Try: {_try(options, settings.method)}."
+    return text + ". Even the cheapest settings would not fit: use a GPU with more free memory or a smaller model."
+
+
+__all__ = ["Preflight", "preflight", "oom_advice"]

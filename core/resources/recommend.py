@@ -1,0 +1,266 @@
+"""Which fine-tuning method to use on this GPU, and why, in a sentence; and what would make a better one fit.
+
+Trade-offs: Full when memory is ample and the data large; Freeze when the data is small and memory limited; LoRA as
+the default; QLoRA when memory is tight. A method "fits" when its estimated peak stays under FIT_FRACTION of the
+free memory (allocator peaks are spiky), "tight" when it fits only without that margin. Imports nothing heavy.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from core.resources.estimate import (METHODS, Estimate, EstimateSettings, ModelShape, count_text, estimate,
+                                     estimate_all)
+
+FIT_FRACTION = 0.9
+"""ESTIMATION.md §3.6: recommend a method only if its peak is at most 0.9 × free memory."""
+SMALL_DATA_ROWS = 2_000
+"""Below this many examples, training few weights (freeze) overfits less when memory is short."""
+LARGE_DATA_ROWS = 50_000
+"""From this many examples on, full fine-tuning has enough data to move every weight usefully."""
+CPU_MAX_PARAMS = 1_000_000_000
+"""Largest model worth training on a CPU (slowly)."""
+CARD_SIZES_GIB = (8, 12, 16, 24, 40, 48, 80, 96, 141, 192)
+NAMES = {"full": "Full", "freeze": "Freeze", "lora": "LoRA", "qlora": "QLoRA"}
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    method: str
+    change: str
+    """What to change, in words: "gradient checkpointing + batch 2 × accumulation 2"."""
+    settings: EstimateSettings
+    peak_gib: float
+    overrides: tuple[str, ...] = ()
+    """The same change as config overrides (`--set` / dotted keys), e.g. ("train.gradient_checkpointing=true",)."""
+    fits: bool = True
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    method: str
+    reason: str
+    fit: dict[str, str]
+    """method -> 'fits' | 'tight' | 'no'. Without a GPU: whether the model is small enough to train on the CPU."""
+    estimates: dict[str, Estimate]
+    suggestions: tuple[Suggestion, ...]
+    free_gib: float | None
+    no_gpu: bool
+
+
+def fit_of(peak_gib: float, free_gib: float) -> str:
+    if peak_gib <= FIT_FRACTION * free_gib:
+        return "fits"
+    return "tight" if peak_gib <= free_gib else "no"
+
+
+def recommend(shape: ModelShape, settings: EstimateSettings, free_gib: float | None,
+              dataset_rows: int | None = None) -> Recommendation:
+    """Pick a method for `shape` under `settings` with `free_gib` free on the GPU (None: no GPU)."""
+    estimates = estimate_all(shape, settings)
+    peak = {m: e.peak_gib for m, e in estimates.items()}
+    large = dataset_rows is not None and dataset_rows >= LARGE_DATA_ROWS
+    small = dataset_rows is not None and dataset_rows < SMALL_DATA_ROWS
+    if free_gib is None:
+        return _no_gpu(shape, estimates, large)
+
+    fit = {m: fit_of(peak[m], free_gib) for m in METHODS}
+    free = f"{free_gib:.1f} GiB free"
+    rows = f"{dataset_rows:,} rows" if dataset_rows is not None else ""
+    method: str
+    if fit["full"] == "fits" and large:
+        method = "full"
+        reason = (f"Full fine-tuning fits ({peak['full']:.1f} of {free}) and {rows} are enough data to update "
+                  "every weight usefully.")
+    elif small and fit["full"] != "fits" and fit["freeze"] == "fits":
+        method = "freeze"
+        reason = (f"With only {rows} and memory too short for full fine-tuning ({peak['full']:.1f} GiB needed, "
+                  f"{free}), training the {'top' if settings.trainable_layers > 0 else 'bottom'} "
+                  f"{abs(settings.trainable_layers)} blocks (Freeze, "
+                  f"{peak['freeze']:.1f} GiB) changes few weights and is less likely to overfit.")
+    elif fit["lora"] == "fits":
+        method = "lora"
+        share = estimates["lora"].trainable_params / max(estimates["lora"].total_params, 1) * 100
+        reason = (f"LoRA fits ({peak['lora']:.1f} of {free}) and trains small adapters ({share:.2g}% of the "
+                  "weights): the usual default, close to full fine-tuning in quality.")
+        if fit["full"] == "fits" and not large:
+            reason += (" Full fine-tuning would fit too; it pays off with large datasets"
+                       + (f" (this one has {rows})." if rows else "."))
+    elif fit["qlora"] == "fits":
+        method = "qlora"
+        reason = (f"Memory is tight: LoRA needs {peak['lora']:.1f} GiB and {free}; QLoRA keeps the base model "
+                  f"in {settings.quant_bits} bits and needs {peak['qlora']:.1f} GiB.")
+    elif fit["freeze"] == "fits":
+        method = "freeze"
+        reason = (f"Only Freeze fits ({peak['freeze']:.1f} of {free}): LoRA needs {peak['lora']:.1f} GiB and "
+                  f"QLoRA {peak['qlora']:.1f} GiB at these settings.")
+    else:
+        method, reason, fixed = _nothing_fits(shape, settings, peak, fit, free_gib, large, small)
+        if fixed is not None:
+            return Recommendation(method=method, reason=reason, fit=fit, estimates=estimates,
+                                  suggestions=tuple(fixed), free_gib=free_gib, no_gpu=False)
+
+    suggestions: list[Suggestion] = []
+    if fit[method] != "fits":
+        suggestions += suggest_fixes(shape, settings.with_(method=method), FIT_FRACTION * free_gib)[:3]
+    for better in _better_methods(method, large, fit):
+        fixes = suggest_fixes(shape, settings.with_(method=better), FIT_FRACTION * free_gib)
+        suggestions += [f for f in fixes if f.fits][:3]
+    return Recommendation(method=method, reason=reason, fit=fit, estimates=estimates,
+                          suggestions=tuple(suggestions), free_gib=free_gib, no_gpu=False)
+
+
+def _nothing_fits(shape: ModelShape, settings: EstimateSettings, peak: dict[str, float], fit: dict[str, str],
+                  free_gib: float, large: bool, small: bool) -> tuple[str, str, list[Suggestion] | None]:
+    """No method fits as set: the preferred method that one change makes fit, else one several changes make fit,
+    else a method that fits without the margin, else the cheapest."""
+    budget = FIT_FRACTION * free_gib
+    free = f"{free_gib:.1f} GiB free"
+    order = list(dict.fromkeys((["full"] if large else []) + (["freeze"] if small else []) + ["lora", "qlora",
+                                                                                               "freeze"]))
+    fixes = {m: suggest_fixes(shape, settings.with_(method=m), budget) for m in order}
+    for single_only in (True, False):
+        for m in order:
+            ok = [f for f in fixes[m] if f.fits and (not single_only or " + " not in f.change)]
+            if ok:
+                reason = (f"Nothing fits in {free} at these settings ({NAMES[m]} needs {peak[m]:.1f} GiB); "
+                          f"{NAMES[m]} fits with {ok[0].change} ({ok[0].peak_gib:.1f} GiB).")
+                others = [f for o in order if o != m for f in fixes[o] if f.fits][:2]
+                return m, reason, ok[:3] + others
+    tight = [m for m in METHODS if fit[m] == "tight"]
+    if tight:
+        m = min(tight, key=lambda x: peak[x])
+        return m, (f"Nothing fits with a {round((1 - FIT_FRACTION) * 100)}% safety margin: {NAMES[m]} needs "
+                   f"{peak[m]:.1f} GiB with {free}, so it may run out of memory."), None
+    m = min(("lora", "qlora", "freeze"), key=lambda x: fixes[x][0].peak_gib if fixes[x] else peak[x])
+    best = fixes[m][0] if fixes[m] else None
+    reason = f"Nothing fits in {free}: even {NAMES[m]} needs {peak[m]:.1f} GiB"
+    if best is not None:
+        reason += f", and {best.peak_gib:.1f} GiB with {best.change}"
+    return m, reason + ". A GPU with more free memory, or a smaller model, is needed.", None
+
+
+def _better_methods(method: str, large: bool, fit: dict[str, str]) -> list[str]:
+    """Methods a user would rather run than `method` here that do not fit yet, best first."""
+    if method == "full":
+        return []
+    wanted = (["full"] if large else []) + ["lora"]
+    return [m for m in wanted if m != method and fit[m] != "fits"]
+
+
+def _no_gpu(shape: ModelShape, estimates: dict[str, Estimate], large: bool) -> Recommendation:
+    small_model = shape.total_params <= CPU_MAX_PARAMS
+    method = "full" if large and small_model else "lora"
+    need = ", ".join(f"{NAMES[m]} {e.peak_gib:.1f}" for m, e in estimates.items())
+    card = next((c for c in CARD_SIZES_GIB if estimates[method].peak_gib <= FIT_FRACTION * c), None)
+    on_gpu = f"On a GPU these settings need about (GiB): {need}"
+    on_gpu += f"; {NAMES[method]} would fit a GPU with {card} GiB." if card else "."
+    params = count_text(shape.total_params)
+    if small_model:
+        reason = (f"No NVIDIA GPU found, so training runs on the CPU: fine for a small model like this one "
+                  f"({params} parameters), slow beyond about {count_text(CPU_MAX_PARAMS)}. {NAMES[method]} is the "
+                  f"choice here. {on_gpu}")
+    else:
+        reason = (f"No NVIDIA GPU found, and a {params}-parameter model is too big to train on a CPU (small models "
+                  f"only, up to about {count_text(CPU_MAX_PARAMS)}). {on_gpu}")
+    fit = {m: "fits" if small_model else "no" for m in METHODS}
+    return Recommendation(method=method, reason=reason, fit=fit, estimates=estimates, suggestions=(), free_gib=None,
+                          no_gpu=True)
+
+
+# ------------------------------------------------------------------ what would make a method fit
+
+def _changes(shape: ModelShape, s: EstimateSettings) -> list[tuple[str, str, dict, tuple[str, ...]]]:
+    """Changes worth trying, least harm to quality and speed first: (kind, words, settings changes, overrides).
+    Kinds with several steps (batch, length, rank) list them smallest change first."""
+    out: list[tuple[str, str, dict, tuple[str, ...]]] = []
+    if not s.gradient_checkpointing:
+        out.append(("checkpointing", "gradient checkpointing", {"gradient_checkpointing": True},
+                    ("train.gradient_checkpointing=true",)))
+    effective, b = s.batch_size * s.grad_accum, s.batch_size
+    while b > 1:
+        b //= 2
+        ga = -(-effective // b)  # keep the effective batch
+        out.append(("batch", f"batch {b} × accumulation {ga}", {"batch_size": b, "grad_accum": ga},
+                    (f"train.batch_size={b}", f"train.grad_accum={ga}")))
+    if s.optim == "adamw":
+        out.append(("optim", "8-bit AdamW", {"optim": "adamw8bit"}, ("train.optim=adamw8bit",)))
+    if s.method in ("lora", "qlora"):
+        attention = tuple(n for n in ("q_proj", "k_proj", "v_proj", "o_proj") if n in shape.linear_names)
+        if s.targets() == "all-linear" and len(attention) == 4:
+            out.append(("targets", "LoRA on attention only (q, k, v, o)", {"lora_targets": attention},
+                        ("method.lora.target_modules=[" + ",".join(attention) + "]",)))
+        r = s.lora_r
+        while r > 4:
+            r = max(4, r // 2)
+            out.append(("rank", f"LoRA rank {r}", {"lora_r": r}, (f"method.lora.r={r}",)))
+    if s.method == "freeze" and abs(s.trainable_layers) > 1:
+        n = 1 if s.trainable_layers > 0 else -1
+        out.append(("layers", f"only the {'top' if n > 0 else 'bottom'} block trains", {"trainable_layers": n},
+                    (f"method.freeze.trainable_layers={n}",)))
+    seq = s.seq_len
+    while seq > 256:
+        seq //= 2
+        out.append(("length", f"max length {seq}", {"seq_len": seq}, (f"data.max_length={seq}",)))
+    return out
+
+
+def suggest_fixes(shape: ModelShape, settings: EstimateSettings, budget_gib: float) -> list[Suggestion]:
+    """Changes that bring `settings.method` under `budget_gib`: each single change that gets there (the mildest
+    step of each kind), in order of least harm; if none does, one combination of them; if even that is not
+    enough, the full combination with fits=False."""
+    method = settings.method
+    head = (f"method.kind={method}",)
+    singles: list[Suggestion] = []
+    done: set[str] = set()
+    for kind, words, changes, overrides in _changes(shape, settings):
+        if kind in done:
+            continue
+        trial = settings.with_(**changes)
+        peak = estimate(shape, trial).peak_gib
+        if peak <= budget_gib:
+            done.add(kind)
+            singles.append(Suggestion(method, words, trial, peak, head + overrides))
+    if singles:
+        return singles
+    return [_combine(shape, settings, budget_gib, head)]
+
+
+def _combine(shape: ModelShape, settings: EstimateSettings, budget_gib: float, head: tuple[str, ...]) -> Suggestion:
+    """Stack changes greedily: each round takes the mildest step that makes it fit, else the step that saves the
+    most memory; steps that save (almost) nothing are never taken."""
+    steps: dict[str, list[tuple[str, dict, tuple[str, ...]]]] = {}
+    for kind, words, changes, overrides in _changes(shape, settings):
+        steps.setdefault(kind, []).append((words, changes, overrides))
+    taken: dict[str, int] = {}  # kind -> index of the step in use
+    peak = estimate(shape, settings).peak_gib
+
+    def trial_of(chosen: dict[str, int]) -> EstimateSettings:
+        merged: dict = {}
+        for kind, i in chosen.items():
+            merged.update(steps[kind][i][1])
+        return settings.with_(**merged)
+
+    while peak > budget_gib:
+        options = []
+        for order, kind in enumerate(steps):
+            nxt = taken.get(kind, -1) + 1
+            if nxt < len(steps[kind]):
+                chosen = {**taken, kind: nxt}
+                options.append((estimate(shape, trial_of(chosen)).peak_gib, order, chosen))
+        fitting = [o for o in options if o[0] <= budget_gib]
+        if fitting:
+            best = min(fitting, key=lambda o: o[1])
+        else:
+            useful = [o for o in options if o[0] < 0.99 * peak]
+            if not useful:
+                break
+            best = min(useful, key=lambda o: (o[0], o[1]))
+        peak, _, taken = best
+    trial = trial_of(taken)
+    kinds = [k for k in steps if k in taken]  # report in the mild-to-harsh order
+    return Suggestion(settings.method, " + ".join(steps[k][taken[k]][0] for k in kinds), trial, peak,
+                      head + tuple(o for k in kinds for o in steps[k][taken[k]][2]), peak <= budget_gib)
+
+
+__all__ = ["Suggestion", "Recommendation", "recommend", "suggest_fixes", "fit_of", "FIT_FRACTION",
+           "SMALL_DATA_ROWS", "LARGE_DATA_ROWS", "CPU_MAX_PARAMS", "NAMES"]

@@ -1,0 +1,116 @@
+"""Recommender, preflight and `tunetui estimate`: the method chosen on scripted machines, the reasons, the fixes."""
+import argparse
+import json
+
+import pytest
+
+from core.config import RunConfig, with_overrides
+from core.resources.estimate import EstimateSettings, estimate, shape_from_config
+from core.resources.gpus import ScriptedSampler, fake_snapshot
+from core.resources.preflight import oom_advice, preflight
+from core.resources.recommend import FIT_FRACTION, recommend
+
+# Llama-3.2-1B's shape: full ≈ 11.8 GiB, freeze ≈ 7.6, LoRA ≈ 7.4, QLoRA ≈ 6.6 at these settings.
+L1B = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 2048, "intermediate_size": 8192,
+       "num_hidden_layers": 16, "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 128256,
+       "tie_word_embeddings": True}
+SHAPE = shape_from_config(L1B, "llama-1b")
+SETTINGS = EstimateSettings(batch_size=4, seq_len=512, gradient_checkpointing=True)
+
+
+@pytest.mark.parametrize("snap, rows, method, words", [
+    (fake_snapshot([8]), None, "qlora", "Memory is tight"),
+    (fake_snapshot([8]), 100_000, "qlora", "Memory is tight"),
+    (fake_snapshot([24]), None, "lora", "usual default"),
+    (fake_snapshot([24]), 100_000, "full", "enough data"),
+    (fake_snapshot([80]), None, "lora", "usual default"),
+    (fake_snapshot([80]), 500, "lora", "pays off with large datasets (this one has 500 rows)"),
+    (fake_snapshot([24], [14]), 500, "freeze", "less likely to overfit"),  # memory partly taken: 10 GiB free
+    (fake_snapshot([24], [14]), None, "lora", "usual default"),
+    (fake_snapshot([24, 80], [23, 0], visible=(1,)), 100_000, "full", "80.0 GiB free"),  # the run uses GPU 1
+])
+def test_the_method_follows_free_memory_and_data_size(snap, rows, method, words):
+    sampler = ScriptedSampler([snap])
+    free = sampler.sample().free_gib()
+    rec = recommend(SHAPE, SETTINGS, free, rows)
+    assert (rec.method, rec.no_gpu, rec.free_gib) == (method, False, free)
+    assert words in rec.reason and f"{free:.1f} GiB free" in rec.reason
+    assert rec.fit[method] == "fits" and rec.estimates[method].peak_gib <= FIT_FRACTION * free
+
+
+def test_no_gpu_says_so_and_what_a_gpu_would_need():
+    rec = recommend(SHAPE, SETTINGS, None)
+    assert rec.no_gpu and rec.free_gib is None and set(rec.fit.values()) == {"no"}  # 1.24 B: too big for a CPU
+    assert rec.reason.startswith("No NVIDIA GPU found") and "too big to train on a CPU" in rec.reason
+    assert f"LoRA {rec.estimates['lora'].peak_gib:.1f}" in rec.reason and "GPU with 12 GiB" in rec.reason
+    tiny = recommend(shape_from_config({**L1B, "hidden_size": 128, "intermediate_size": 384,
+                                        "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2,
+                                        "vocab_size": 4096}), SETTINGS, None)
+    assert tiny.method == "lora" and set(tiny.fit.values()) == {"fits"} and "runs on the CPU" in tiny.reason
+
+
+def test_a_better_method_that_does_not_fit_comes_with_changes_that_make_it_fit():
+    free = 8.0
+    rec = recommend(SHAPE, SETTINGS, free, 1_000)
+    assert rec.method == "qlora" and rec.fit["lora"] != "fits"
+    lora_fixes = [s for s in rec.suggestions if s.method == "lora"]
+    assert lora_fixes and all(s.fits and s.peak_gib <= FIT_FRACTION * free for s in lora_fixes)
+    assert any(s.change.startswith("batch 2 × accumulation 2") for s in lora_fixes)
+    for s in lora_fixes:  # each suggestion's figure is the estimator's for its settings
+        assert estimate(SHAPE, s.settings).peak_gib == pytest.approx(s.peak_gib)
+        assert "method.kind=lora" in s.overrides
+
+    squeezed = recommend(SHAPE, SETTINGS.with_(gradient_checkpointing=False, seq_len=2048), 6.0)
+    assert all(squeezed.fit[m] == "no" for m in squeezed.fit)
+    assert squeezed.suggestions[0].fits and squeezed.suggestions[0].method == squeezed.method
+    assert "gradient checkpointing" in squeezed.suggestions[0].change and "fits with" in squeezed.reason
+
+
+def _config(**sets):
+    return with_overrides(RunConfig(), [f"{k}={v}" for k, v in sets.items()])
+
+
+def test_preflight_warns_or_passes_and_oom_advice_names_a_cheaper_run(tmp_path):
+    model = tmp_path / "llama-1b"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps(L1B))
+    config = _config(**{"model.name_or_path": str(model), "method.kind": "full", "data.max_length": 512,
+                        "train.gradient_checkpointing": "true"})
+    ok = preflight(config, fake_snapshot([80]))
+    assert ok.fits is True and ok.free_gib == 80.0 and "fits" in ok.message
+    too_big = preflight(config, fake_snapshot([16], [8]))
+    assert too_big.fits is False and f"{too_big.estimate_gib:.1f} GiB exceeds the 8.0 GiB free" in too_big.message
+    assert "Try:" in too_big.message and "--set" in too_big.message
+    cpu = preflight(config, fake_snapshot())
+    assert cpu.fits is None and "CPU" in cpu.message and f"{cpu.estimate_gib:.1f} GiB" in cpu.message
+    assert preflight(_config(**{"train.device": "cpu"})).fits is None
+
+    advice = oom_advice(config, fake_snapshot([12], [2]))
+    assert advice.startswith("Out of memory") and "Try:" in advice
+    cheaper = [float(x.split(" GiB")[0]) for x in advice.split("about ")[1:]]
+    assert cheaper and max(cheaper) <= FIT_FRACTION * 10 < too_big.estimate_gib
+
+    missing = preflight(_config(**{"model.name_or_path": str(tmp_path / "nope")}), fake_snapshot([24]))
+    assert missing.fits is None and missing.estimate_gib is None and "does not exist" in missing.message
+
+
+def test_estimate_command_prints_json_for_a_folder_with_only_config_json(tmp_path, capsys):
+    from core.commands import estimate as command
+
+    (tmp_path / "config.json").write_text(json.dumps(L1B))
+    parser = argparse.ArgumentParser()
+    command.add_arguments(parser)
+    args = parser.parse_args([str(tmp_path), "--vram", "24", "--gradient-checkpointing", "--max-length", "512",
+                              "--json"])
+    assert command.run(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [m["method"] for m in out["methods"]] == ["full", "freeze", "lora", "qlora"]
+    assert out["recommended"] == "lora" and out["free_gib"] == 24.0 and out["params"] == SHAPE.total_params
+    full = out["methods"][0]
+    assert full["peak_gib"] == pytest.approx(estimate(SHAPE, SETTINGS.with_(method="full")).peak_gib, abs=0.01)
+    assert {"weights_gib", "trainable_state_gib", "activations_gib", "logits_gib", "overhead_gib"} <= set(full)
+
+    args = parser.parse_args([str(tmp_path), "--method", "qlora", "--vram", "4"])
+    assert command.run(args) == 0
+    text = capsys.readouterr().out
+    assert "QLoRA" in text and "Recommended" in text and "Full " not in text
