@@ -1,7 +1,8 @@
 """The built-in demo model `demo:tiny-llama`: its architecture and where its tokenizer lives. Imports nothing heavy.
 
-The weights are initialised from a fixed seed on first use (see core.training.models); the tokenizer is a
-byte-level BPE trained on the demo datasets (scripts/build_demo_tokenizer.py) and shipped in core/assets.
+Its tokenizer (a byte-level BPE trained on the demo datasets, scripts/build_demo_tokenizer.py) and its weights
+(briefly pre-trained on plain text and chats, scripts/pretrain_demo_model.py) are shipped in core/assets; on first
+use they are laid out as an ordinary model folder (see core.training.models).
 """
 from __future__ import annotations
 
@@ -47,4 +48,4 @@ def demo_cache_dir() -> Path:
     """Where the demo model is materialised as an ordinary HF model folder."""
     root = os.environ.get("TUNETUI_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "tunetui")
-    return Path(root) / "demo-tiny-llama"
+    return Path(root) / "demo-tiny-llama-v2"  # bump when the shipped weights change

@@ -1,0 +1,145 @@
+"""Engine throughput vs a bare PyTorch loop, per method: tokens/s measured side by side (A B A B) in one process.
+
+A = core.training.runner.run (what `tunetui train` runs: Trainer + event callback + events.jsonl).
+B = a plain loop: same model and method set-up (load_model + apply_method), same tokenized batches and collator,
+    same batch size, AdamW with the same settings, gradient clipping, loss.item() each step.
+Both train packed text blocks (every sequence is exactly data.max_length tokens), so batch composition cannot
+favour either side. Timed: steps WARMUP+1 .. WARMUP+STEPS of each run, wall clock, one torch thread.
+
+    .venv/bin/python bench/bench_throughput.py [--methods full,freeze,lora,qlora] [--rounds 3] [--steps 20]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+WARMUP = 2
+
+
+def make_config(method: str, data_path: Path, output_dir: Path, args):
+    from core import config as cfg
+
+    return cfg.from_dict({
+        "model": {"name_or_path": "demo:tiny-llama"},
+        "method": {"kind": method, "freeze": {"trainable_layers": 2}},
+        "data": {"path": str(data_path), "format": "text", "max_length": args.seq},
+        "train": {"max_steps": WARMUP + args.steps, "batch_size": args.batch, "lr": 1e-4, "warmup_ratio": 0.0,
+                  "scheduler": "constant", "save_steps": 10_000, "seed": 0},
+        "output": {"dir": str(output_dir)},
+    })
+
+
+def engine_tokens_per_second(config) -> float:
+    """A: the real runner; wall time between StepEnded events, tokens from the steps they report."""
+    from core.events import RunFailed, StepEnded
+    from core.training.runner import run
+
+    marks: list[tuple[int, float, float]] = []
+
+    def emit(event):
+        if isinstance(event, StepEnded):
+            tokens = (event.tokens_per_second or 0.0) * (event.step_seconds or 0.0)
+            marks.append((event.step, time.perf_counter(), tokens))
+        elif isinstance(event, RunFailed):
+            raise SystemExit(f"engine run failed: {event.message}\n{event.traceback or ''}")
+
+    run(config, emit)
+    start = next(t for step, t, _ in marks if step == WARMUP)
+    end = marks[-1][1]
+    tokens = sum(tok for step, _, tok in marks if step > WARMUP)
+    return tokens / (end - start)
+
+
+def bare_tokens_per_second(config) -> float:
+    """B: the same model/method/batches/optimizer in a plain loop."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from core.training import data
+    from core.training.methods import apply_method
+    from core.training.models import load_model, load_tokenizer
+
+    torch.manual_seed(config.train.seed)
+    tokenizer = load_tokenizer(config.model)
+    prepared = data.tokenize(data.load_raw(config.data), tokenizer, config.data)
+    model = load_model(config.model, config.method, prepared.task, device="cpu")
+    model, _ = apply_method(model, config.method, prepared.task)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.train.lr, weight_decay=config.train.weight_decay)
+    loader = DataLoader(prepared.train, batch_size=config.train.batch_size, shuffle=True,
+                        collate_fn=prepared.collator(tokenizer))
+    batches = iter(loader)
+    tokens, start = 0, None
+    for step in range(1, config.train.max_steps + 1):
+        batch = next(batches)
+        loss = model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, config.train.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss.item()  # any real loop reads the loss to show it
+        if step == WARMUP:
+            start = time.perf_counter()
+        elif step > WARMUP:
+            tokens += int(batch["attention_mask"].sum())
+    return tokens / (time.perf_counter() - start)
+
+
+def text_file(folder: Path) -> Path:
+    """The alpaca demo as plain documents (instruction + output), for packed continued pre-training."""
+    from core.training.data import ASSETS_DIR
+
+    rows = json.loads((ASSETS_DIR / "alpaca_en_demo.json").read_text(encoding="utf-8"))
+    path = folder / "docs.jsonl"
+    with path.open("w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps({"text": f"{row['instruction']}\n{row['input']}\n{row['output']}".strip()}) + "\n")
+    return path
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--methods", default="full,freeze,lora,qlora")
+    parser.add_argument("--rounds", type=int, default=3, help="A B pairs per method")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per run (after warm-up)")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seq", type=int, default=128)
+    args = parser.parse_args()
+
+    import torch
+
+    torch.set_num_threads(1)
+    print(f"torch threads: {torch.get_num_threads()}; demo:tiny-llama; batch {args.batch} x {args.seq} tokens "
+          f"(packed text); {args.steps} timed steps after {WARMUP} warm-up; {args.rounds} A/B rounds per method",
+          flush=True)
+    print(f"{'method':8} {'engine tok/s (median, min-max)':>34} {'bare tok/s (median, min-max)':>34} {'ratio':>7}",
+          flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        data_path = text_file(tmp)
+        for method in args.methods.split(","):
+            config = make_config(method, data_path, tmp / "runs", args)
+            engine, bare = [], []
+            for _ in range(args.rounds):
+                engine.append(engine_tokens_per_second(config))
+                bare.append(bare_tokens_per_second(config))
+            e, b = statistics.median(engine), statistics.median(bare)
+            print(f"{method:8} {e:12,.0f} ({min(engine):,.0f}-{max(engine):,.0f}){'':8} "
+                  f"{b:12,.0f} ({min(bare):,.0f}-{max(bare):,.0f}){'':8} {e / b:7.3f}", flush=True)
+            print(f"         engine runs: {', '.join(f'{x:,.0f}' for x in engine)}; "
+                  f"bare runs: {', '.join(f'{x:,.0f}' for x in bare)}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,241 @@
+"""`tunetui train CONFIG.yaml [--set k=v]... [--resume RUN_DIR]`: a headless run with a progress bar on stderr.
+
+Runs the same engine as the app (core.training.runner.run). Ctrl-C, SIGTERM and SIGHUP stop cooperatively: the
+current step ends, a checkpoint is saved, and the run can be resumed with --resume. Never imports textual.
+"""
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from core.errors import TuneError
+
+# LogLines worth showing on a terminal: warnings from anyone, and the engine's own notes (format, method, ...).
+SHOWN_INFO_LOGGERS = ("core",)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", nargs="?", metavar="CONFIG.yaml",
+                        help="run config (see presets/); optional with --resume, which reuses the run's own config")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set train.max_steps=30 (repeatable; YAML scalars)")
+    parser.add_argument("--resume", metavar="RUN_DIR",
+                        help="continue a stopped or crashed run in place from its newest checkpoint")
+    parser.add_argument("--strict", action="store_true",
+                        help="refuse to start when the memory estimate says the run will not fit")
+    parser.add_argument("--output-dir", metavar="DIR", help="where the run folder is created (overrides output.dir)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from core import config as cfg
+    from core.control import RunControl
+
+    config = _load_config(args, cfg)
+    if args.output_dir:
+        config = replace(config, output=replace(config.output, dir=args.output_dir))
+    control = RunControl()
+    display = _Display()
+    stopper = _SignalStopper(control, display)
+
+    from core.training.runner import run as run_engine
+
+    with stopper, display:
+        outcome = run_engine(config, display.on_event, control, resume_from=args.resume, strict=args.strict)
+    return display.exit_code(outcome, stopper.signal_number)
+
+
+def _load_config(args, cfg):
+    if args.config:
+        return cfg.load(args.config, args.overrides)
+    if args.resume:
+        path = Path(args.resume).expanduser() / "config.yaml"
+        if not path.is_file():
+            raise TuneError(f"{args.resume} is not a run folder (it has no config.yaml)", "--resume",
+                            "Pass a folder listed by `tunetui runs`")
+        return cfg.load(path, args.overrides)
+    raise TuneError("No config given", None, "Run `tunetui train presets/demo.yaml`, or `tunetui train --resume RUN_DIR`")
+
+
+class _SignalStopper:
+    """First SIGINT/SIGTERM/SIGHUP: stop after this step and save. A second Ctrl-C aborts without saving."""
+
+    SIGNALS = tuple(s for s in (getattr(signal, n, None) for n in ("SIGINT", "SIGTERM", "SIGHUP")) if s is not None)
+
+    def __init__(self, control, display):
+        self.control = control
+        self.display = display
+        self.signal_number: int | None = None
+        self._previous: dict = {}
+
+    def __enter__(self):
+        for sig in self.SIGNALS:
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread (e.g. called from tests in a worker): no handlers
+                break
+        return self
+
+    def __exit__(self, *exc):
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        return False
+
+    def _handle(self, signum, frame):
+        if self.signal_number is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal_number = signum
+        self.control.stop(save=True)
+        self.display.note(f"{signal.Signals(signum).name}: stopping after this step and saving a checkpoint "
+                          "(Ctrl-C again aborts without saving)")
+
+
+class _Display:
+    """Turns events into a rich progress bar (or plain lines when stderr is not a terminal)."""
+
+    def __init__(self):
+        from rich.console import Console
+
+        self.console = Console(stderr=True, highlight=False)
+        self.live = self.console.is_terminal
+        self.progress = None
+        self.task = None
+        self.run_dir: str | None = None
+        self.final = None
+        self._last_plain_step = 0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._stop_bar()
+        return False
+
+    # ---------------------------------------------------------------- events
+
+    def on_event(self, event) -> None:
+        name = type(event).__name__
+        handler = getattr(self, f"_on_{name}", None)
+        if handler:
+            handler(event)
+
+    def _on_RunStarted(self, e):
+        self.run_dir = e.run_dir
+        verb = f"resuming from {e.resumed_from}" if e.resumed_from else "run folder"
+        self.note(f"[bold]tunetui train[/] {verb}: {e.run_dir}")
+
+    def _on_PhaseChanged(self, e):
+        if e.phase == "training":
+            self._start_bar()
+        elif e.phase == "saving":
+            self._stop_bar()
+            self.note("saving final model")
+        elif e.message and e.total is None:
+            self.note(f"{e.phase.replace('_', ' ')}: {e.message}", dim=True)
+
+    def _on_DataReady(self, e):
+        s = e.token_stats or {}
+        self.note(f"data: {e.format}, {e.train_examples} train / {e.val_examples} validation examples; tokens "
+                  f"median {s.get('median', '?')}, p95 {s.get('p95', '?')}, max {s.get('max', '?')} "
+                  f"({s.get('truncated', 0)} truncated, {s.get('dropped', 0)} dropped)")
+
+    def _on_ModelReady(self, e):
+        pct = 100 * e.trainable_params / max(e.total_params, 1)
+        self.note(f"model: {e.method} on {e.device} ({e.dtype}), {e.trainable_params:,} of {e.total_params:,} "
+                  f"parameters train ({pct:.2f}%): {'; '.join(e.trainable_modules)}")
+
+    def _on_StepEnded(self, e):
+        loss = f"{e.loss:.4f}" if e.loss is not None else "—"
+        tps = f"{e.tokens_per_second:,.0f}" if e.tokens_per_second else "—"
+        eta = _duration(e.eta_seconds)
+        if self.progress is not None:
+            self.progress.update(self.task, completed=e.step, total=e.max_steps, loss=loss, tps=tps, eta=eta)
+        elif e.step == e.max_steps or e.step - self._last_plain_step >= max(1, e.max_steps // 20):
+            self._last_plain_step = e.step
+            self.console.print(f"step {e.step}/{e.max_steps}  loss {loss}  tokens/s {tps}  eta {eta}")
+
+    def _on_EvalEnded(self, e):
+        extra = "".join(f", {k} {v:.4f}" for k, v in e.metrics.items() if isinstance(v, float))
+        loss = f"{e.eval_loss:.4f}" if e.eval_loss is not None else "—"
+        self.note(f"eval at step {e.step}: loss {loss}{extra}")
+
+    def _on_CheckpointSaved(self, e):
+        self.note(f"checkpoint: {e.path}", dim=True)
+
+    def _on_LogLine(self, e):
+        if e.logger == "py.warnings" and ("FutureWarning" in e.message or "DeprecationWarning" in e.message):
+            return  # libraries' notes to their own developers; still in events.jsonl
+        if e.level in ("WARNING", "ERROR", "CRITICAL"):
+            self.note(f"[yellow]{e.level.lower()}[/]: {_escape(e.message)}")
+        elif e.logger.split(".")[0] in SHOWN_INFO_LOGGERS:
+            self.note(_escape(e.message), dim=True)
+
+    def _on_RunFinished(self, e):
+        self._stop_bar()
+        self.final = e
+        if e.stopped:
+            self.note(f"[bold]stopped[/] at step {e.step}/{e.max_steps}. Resume with: "
+                      f"tunetui train --resume {e.run_dir}")
+        else:
+            loss = f", mean train loss {e.train_loss:.4f}" if e.train_loss is not None else ""
+            self.note(f"[bold green]finished[/]: {e.step} steps{loss}. Model: {e.final_dir}")
+
+    def _on_RunFailed(self, e):
+        self._stop_bar()
+        self.final = e
+        if e.kind == "user_error":
+            return  # printed once, as the one-paragraph message, by exit_code
+        if e.kind == "error" and e.traceback:
+            self.console.print(_escape(e.traceback.rstrip()), style="dim", soft_wrap=True)
+        where = f" (run folder: {e.run_dir})" if e.run_dir else ""
+        self.console.print(f"[bold red]failed[/]: {_escape(e.message)}{where}", soft_wrap=True)
+
+    # ---------------------------------------------------------------- helpers
+
+    def note(self, text: str, dim: bool = False) -> None:
+        self.console.print(text, style="dim" if dim else None, soft_wrap=True)
+
+    def _start_bar(self):
+        if not self.live or self.progress is not None:
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+        self.progress = Progress(
+            TextColumn("[bold]training"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[tps]} tok/s"),
+            TextColumn("ETA {task.fields[eta]}"), console=self.console, transient=False)
+        self.task = self.progress.add_task("train", total=None, loss="—", tps="—", eta="—")
+        self.progress.start()
+
+    def _stop_bar(self):
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+    def exit_code(self, outcome, signal_number: int | None) -> int:
+        event = outcome.event
+        if type(event).__name__ == "RunFailed":
+            if event.kind == "user_error":
+                print(f"tunetui train: {event.message}", file=sys.stderr)
+                return 2
+            return 1
+        if event.stopped and signal_number is not None:
+            return 128 + signal_number  # the shell convention for "ended by a signal"
+        return 0
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)

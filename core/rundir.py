@@ -1,0 +1,224 @@
+"""Run directories: create OUTPUT_DIR/<run-id>/, list runs and their state, find checkpoints. Imports nothing heavy.
+
+Layout: config.yaml (full resolved config), events.jsonl (one event per line, appended), run.pid (while a process
+trains it), checkpoints/checkpoint-<step>/, final/ (adapter or full model, tokenizer, labels.json).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from core import config as cfg
+from core.config import RunConfig
+from core.errors import TuneError
+from core.events import (LogLine, RunFailed, RunFinished, RunStarted, StepEnded, read_events)
+
+CONFIG_FILE = "config.yaml"
+EVENTS_FILE = "events.jsonl"
+PID_FILE = "run.pid"
+CHECKPOINTS = "checkpoints"
+FINAL = "final"
+LABELS_FILE = "labels.json"
+
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    run_dir: Path
+    model: str
+    method: str
+    status: str
+    """running | finished | stopped | failed | crashed."""
+    step: int
+    max_steps: int | None
+    last_loss: float | None
+    started: float
+    """Unix time the run first started."""
+    checkpoint: Path | None
+    """Newest complete checkpoint (resume point), if any."""
+    final_dir: Path | None
+    message: str | None
+    """Why it failed, when it did."""
+
+
+def slug(text: str) -> str:
+    """A file-name-safe short form: `Qwen/Qwen2.5-0.5B-Instruct` → `Qwen2.5-0.5B-Instruct`."""
+    text = text.rstrip("/").rsplit("/", 1)[-1].split(":")[-1]
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.") or "model"
+
+
+def run_id_for(config: RunConfig, when: float | None = None) -> str:
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(when or time.time()))
+    name = config.output.run_name or f"{slug(config.model.name_or_path)}-{config.method.kind}"
+    return f"{stamp}-{slug(name)}"
+
+
+def new_run_dir(output_dir: str | Path, config: RunConfig) -> Path:
+    """Create OUTPUT_DIR/<yyyymmdd-hhmmss>-<model>-<method>/ (suffix -2, -3 … if two start in the same second)."""
+    root = Path(output_dir).expanduser()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TuneError(f"Cannot create the output folder {root}: {exc.strerror or exc}", "output.dir",
+                        "Choose a writable folder with --output-dir or output.dir") from None
+    base = run_id_for(config)
+    for n in range(1, 1000):
+        candidate = root / (base if n == 1 else f"{base}-{n}")
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            continue
+    raise TuneError(f"Too many runs named {base} in {root}", "output.dir", "Use another output.run_name")
+
+
+def write_pid(run_dir: Path) -> None:
+    (run_dir / PID_FILE).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+
+
+def clear_pid(run_dir: Path) -> None:
+    try:
+        (run_dir / PID_FILE).unlink()
+    except OSError:
+        pass
+
+
+def is_running(run_dir: str | Path) -> bool:
+    """True while a live process (this one included) holds the run's run.pid."""
+    return (Path(run_dir) / PID_FILE).is_file() and _owner_alive(Path(run_dir))
+
+
+def _owner_alive(run_dir: Path) -> bool:
+    """True when the process that wrote run.pid still runs (on this host; elsewhere we can't tell: assume yes)."""
+    try:
+        info = json.loads((run_dir / PID_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    if info.get("host") != socket.gethostname():
+        return True
+    try:
+        os.kill(int(info["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError, KeyError, ValueError, TypeError):
+        return True
+    return True
+
+
+def checkpoints(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoints (those with trainer_state.json), oldest first."""
+    root = Path(run_dir) / CHECKPOINTS
+    found = []
+    if root.is_dir():
+        for child in root.iterdir():
+            m = _CHECKPOINT.match(child.name)
+            if m and (child / "trainer_state.json").is_file():
+                found.append((int(m.group(1)), child))
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    found = checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def checkpoint_step(path: str | Path) -> int:
+    m = _CHECKPOINT.match(Path(path).name)
+    return int(m.group(1)) if m else 0
+
+
+def load_run_config(run_dir: str | Path) -> RunConfig:
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise TuneError(f"{run_dir} is not a run folder (it has no {CONFIG_FILE})", None,
+                        "Pass a folder listed by `tunetui runs`")
+    return cfg.load(path)
+
+
+def list_runs(output_dir: str | Path) -> list[RunSummary]:
+    """Every run under OUTPUT_DIR, newest first; torn or missing files give partial rows, never an error."""
+    root = Path(output_dir).expanduser()
+    if not root.is_dir():
+        return []
+    runs = []
+    for child in root.iterdir():
+        if child.is_dir() and ((child / CONFIG_FILE).is_file() or (child / EVENTS_FILE).is_file()):
+            runs.append(summarize(child))
+    runs.sort(key=lambda r: r.started, reverse=True)
+    return runs
+
+
+def summarize(run_dir: Path) -> RunSummary:
+    run_dir = Path(run_dir)
+    try:
+        events = read_events(run_dir / EVENTS_FILE)
+    except OSError:
+        events = []
+    raw = _read_yaml(run_dir / CONFIG_FILE)
+    started_events = [e for e in events if isinstance(e, RunStarted)]
+    if not raw and started_events:
+        raw = started_events[-1].config
+    model = str(((raw or {}).get("model") or {}).get("name_or_path", "?"))
+    method = str(((raw or {}).get("method") or {}).get("kind", "?"))
+
+    # A resumed run appends to the same log: its state is what happened since the last RunStarted.
+    last_start = max((i for i, e in enumerate(events) if isinstance(e, RunStarted)), default=-1)
+    current = events[last_start + 1:] if last_start >= 0 else events
+    status, message = "running", None
+    for e in current:
+        if isinstance(e, RunFinished):
+            status = "stopped" if e.stopped else "finished"
+        elif isinstance(e, RunFailed):
+            status, message = "failed", e.message
+    if status == "running" and not _owner_alive(run_dir):
+        status = "crashed"
+        if not events:
+            message = "no events were written"
+
+    step, last_loss, max_steps = 0, None, None
+    for e in events:
+        if isinstance(e, StepEnded):
+            step, max_steps = e.step, e.max_steps
+            if e.loss is not None:
+                last_loss = e.loss
+        elif isinstance(e, RunFinished):
+            step, max_steps = max(step, e.step), e.max_steps
+    if status == "crashed" and message is None:
+        errors = [e for e in current if isinstance(e, LogLine) and e.level in ("ERROR", "CRITICAL")]
+        message = errors[-1].message if errors else "the process ended without finishing the run"
+
+    started = started_events[0].time if started_events else _mtime(run_dir)
+    final = run_dir / FINAL
+    return RunSummary(run_id=run_dir.name, run_dir=run_dir, model=model, method=method, status=status,
+                      step=step, max_steps=max_steps, last_loss=last_loss, started=started,
+                      checkpoint=latest_checkpoint(run_dir), final_dir=final if final.is_dir() else None,
+                      message=message)
+
+
+def _read_yaml(path: Path) -> dict | None:
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+__all__ = ["RunSummary", "new_run_dir", "list_runs", "summarize", "is_running", "latest_checkpoint", "checkpoints",
+           "checkpoint_step", "load_run_config", "run_id_for", "slug", "write_pid", "clear_pid",
+           "CONFIG_FILE", "EVENTS_FILE", "CHECKPOINTS", "FINAL", "LABELS_FILE"]

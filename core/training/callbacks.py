@@ -1,0 +1,132 @@
+"""A transformers TrainerCallback that turns trainer state into events and obeys pause/stop from RunControl.
+
+Imported only inside the runner (it pulls in transformers); never imports the UI.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+from core.control import RunControl
+from core.events import CheckpointSaved, Emit, EvalEnded, RunPaused, RunResumed, StepEnded
+
+PAUSE_POLL_SECONDS = 0.2
+
+
+class EventCallback(TrainerCallback):
+    """One StepEnded per optimizer step; EvalEnded, CheckpointSaved; pause blocks between steps; stop saves.
+
+    A step's loss is only known in `on_log`, which the Trainer calls after `on_step_end`: a logging step's
+    StepEnded (and any pause at that step) therefore waits for `on_log`, so the UI sees the loss before "paused".
+    """
+
+    def __init__(self, emit: Emit, control: RunControl | None = None, *, eta_window: int = 20):
+        self.emit = emit
+        self.control = control or RunControl()
+        self.stopped = False
+        self._eta_window = eta_window
+        self._durations: list[float] = []
+        self._mark = 0.0
+        self._train_start = 0.0
+        self._paused_total = 0.0
+        self._tokens_at_mark = 0
+        self._pending: dict | None = None
+        self._cuda = False
+        self.last_step = 0
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        import torch
+
+        self._cuda = args.device.type == "cuda" and torch.cuda.is_available()
+        self._train_start = self._mark = time.perf_counter()
+        self._tokens_at_mark = state.num_input_tokens_seen
+
+    def on_step_end(self, args, state, control, **kwargs):
+        now = time.perf_counter()
+        seconds = now - self._mark
+        tokens = state.num_input_tokens_seen - self._tokens_at_mark
+        self._mark, self._tokens_at_mark = now, state.num_input_tokens_seen
+        self._durations.append(seconds)
+        del self._durations[:-self._eta_window]
+        self._pending = {
+            "step": state.global_step, "max_steps": state.max_steps, "epoch": float(state.epoch or 0.0),
+            "step_seconds": seconds, "tokens_per_second": tokens / seconds if seconds > 0 and tokens else None,
+        }
+        if not control.should_log:
+            self._emit_step({})
+            self._obey(control)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = logs or {}
+        if self._pending is not None and "loss" in logs:
+            self._emit_step(logs)
+            self._obey(control)
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        metrics = dict(metrics or {})
+        loss = metrics.pop("eval_loss", None)
+        extra = {k.removeprefix("eval_"): v for k, v in metrics.items() if k.startswith("eval_")
+                 and isinstance(v, (int, float)) and not k.endswith(("_runtime", "_per_second"))}
+        self.emit(EvalEnded(step=state.global_step, eval_loss=loss, metrics=extra))
+        self._restart_clock(state)  # evaluation time is not training time
+
+    def on_save(self, args, state, control, **kwargs):
+        path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        self.emit(CheckpointSaved(step=state.global_step, path=str(path)))
+        self._restart_clock(state)
+
+    # ---------------------------------------------------------------- helpers
+
+    def _emit_step(self, logs: dict) -> None:
+        pending, self._pending = self._pending, None
+        self.last_step = pending["step"]
+        mean = sum(self._durations) / len(self._durations)
+        remaining = max(pending["max_steps"] - pending["step"], 0)
+        gpu = None
+        if self._cuda:
+            import torch
+
+            gpu = torch.cuda.memory_allocated() / 2**30
+        self.emit(StepEnded(
+            step=pending["step"], max_steps=pending["max_steps"], epoch=pending["epoch"],
+            loss=_num(logs.get("loss")), learning_rate=_num(logs.get("learning_rate")),
+            grad_norm=_num(logs.get("grad_norm")), tokens_per_second=pending["tokens_per_second"],
+            step_seconds=pending["step_seconds"],
+            elapsed_seconds=time.perf_counter() - self._train_start - self._paused_total,
+            eta_seconds=mean * remaining, gpu_memory_gib=gpu,
+        ))
+
+    def _obey(self, control) -> None:
+        """Pause here (between steps, model loaded) and/or ask the Trainer to save and stop."""
+        run = self.control
+        if run.paused and not run.stop_requested:
+            step = self.last_step
+            self.emit(RunPaused(step=step))
+            began = time.perf_counter()
+            while not run.wait_while_paused(PAUSE_POLL_SECONDS):
+                pass
+            self._paused_total += time.perf_counter() - began
+            self._mark = time.perf_counter()
+            if not run.stop_requested:
+                self.emit(RunResumed(step=step))
+        # At the last step the run is complete anyway: a late stop changes nothing.
+        if run.stop_requested and not control.should_training_stop:
+            self.stopped = True
+            control.should_training_stop = True
+            # Keep a save the Trainer already planned for this step; add one when stopping should save.
+            control.should_save = control.should_save or run.save_on_stop
+
+    def _restart_clock(self, state) -> None:
+        self._mark = time.perf_counter()
+        self._tokens_at_mark = state.num_input_tokens_seen
+
+
+def _num(value) -> float | None:
+    try:
+        return None if value is None else float(value)
+    except (TypeError, ValueError):
+        return None

@@ -1,0 +1,103 @@
+"""Merge a LoRA/QLoRA run's adapter into its (unquantized) base and save a standalone model, atomically.
+
+Heavy libraries are imported inside functions; never imports the UI.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+from core import rundir
+from core.errors import TuneError
+
+
+def merge_run(run_dir: str | Path, out_dir: str | Path, *, checkpoint: str | Path | None = None,
+              device: str = "cpu", progress: Callable[[str], None] | None = None) -> Path:
+    """Write base + adapter merged to OUT_DIR (safetensors, tokenizer, labels); returns OUT_DIR.
+
+    The model is written to a temp folder beside OUT_DIR and renamed, so a failure leaves nothing half-written.
+    """
+    from peft import PeftModel
+
+    from core.training.models import load_model, load_tokenizer, resolve_device, resolve_model_dir
+
+    say = progress or (lambda text: None)
+    run_dir = Path(run_dir).expanduser()
+    config = rundir.load_run_config(run_dir)
+    if config.method.kind not in ("lora", "qlora"):
+        raise TuneError(f"{run_dir} is a {config.method.kind} run: there is no adapter to merge", "--merge",
+                        f"Its final/ folder already holds the whole model: load {run_dir / rundir.FINAL} directly")
+    adapter = _adapter_dir(run_dir, checkpoint)
+    out = Path(out_dir).expanduser()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise TuneError(f"{out} already exists and is not empty", "--merge", "Choose a new folder for the merged model")
+
+    labels = _labels(adapter, run_dir)
+    task = "classification" if labels else "sft"
+    device = resolve_device(device)
+    say(f"loading the base model {config.model.name_or_path} (unquantized)")
+    model_dir = resolve_model_dir(config.model)
+    tokenizer_src = adapter if (adapter / "tokenizer_config.json").is_file() else None
+    tokenizer = (_tokenizer(tokenizer_src, config.model.trust_remote_code) if tokenizer_src
+                 else load_tokenizer(config.model, model_dir))
+    # The base's own dtype (bf16 for most hub models) unless the run pinned one: QLoRA merges into a full copy.
+    dtype = "auto" if config.model.dtype == "auto" else None
+    base = load_model(config.model, config.method, task, len(labels) if labels else None, device,
+                      label_names=labels, pad_token_id=tokenizer.pad_token_id, model_dir=model_dir,
+                      quantize=False, dtype=dtype)
+    say(f"merging the adapter from {adapter}")
+    merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        merged.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if labels:
+            (tmp / rundir.LABELS_FILE).write_text(json.dumps({"labels": labels}, ensure_ascii=False, indent=1),
+                                                  encoding="utf-8")
+        if out.exists():
+            out.rmdir()  # empty (checked above)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    say(f"merged model written to {out}")
+    return out
+
+
+def _adapter_dir(run_dir: Path, checkpoint) -> Path:
+    if checkpoint is not None:
+        adapter = Path(checkpoint).expanduser()
+        if not (adapter / "adapter_config.json").is_file():
+            raise TuneError(f"{adapter} holds no LoRA adapter (no adapter_config.json)", "--checkpoint",
+                            "Pass a checkpoints/checkpoint-N folder of this run")
+        return adapter
+    final = run_dir / rundir.FINAL
+    if (final / "adapter_config.json").is_file():
+        return final
+    latest = rundir.latest_checkpoint(run_dir)
+    hint = f" --checkpoint {latest}" if latest else ""
+    raise TuneError(f"{run_dir} has no final adapter (the run did not finish)", "RUN_DIR",
+                    "Resume it to the end with `tunetui train --resume RUN_DIR`"
+                    + (f", or merge its newest checkpoint with{hint}" if hint else ""))
+
+
+def _labels(adapter: Path, run_dir: Path) -> list[str] | None:
+    for folder in (adapter, run_dir / rundir.FINAL):
+        path = folder / rundir.LABELS_FILE
+        if path.is_file():
+            return list(json.loads(path.read_text(encoding="utf-8"))["labels"])
+    return None
+
+
+def _tokenizer(folder: Path, trust_remote_code: bool):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
+
+
+__all__ = ["merge_run"]

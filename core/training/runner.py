@@ -1,0 +1,555 @@
+"""The one entry the UI and the CLI call: `run(config, emit, control)` trains a model and reports by events.
+
+It never raises (except KeyboardInterrupt/SystemExit, after reporting) and always ends with exactly one RunFinished
+or RunFailed, also written to the run's events.jsonl. Heavy libraries are imported inside functions.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import shutil
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+from core import config as cfg
+from core import rundir
+from core.config import RunConfig
+from core.control import RunControl
+from core.errors import TuneError
+from core.events import (DataReady, Emit, Event, LogLine, ModelReady, PhaseChanged, RunFailed, RunFinished,
+                         RunStarted)
+
+log = logging.getLogger(__name__)
+
+# Loggers forwarded as LogLine events while a run goes, and the level each is opened to.
+# transformers logs every config it reads at INFO: only its Trainer is worth hearing at that level.
+FORWARDED_LOGGERS = {"core": logging.INFO, "transformers": logging.WARNING, "transformers.trainer": logging.INFO,
+                     "peft": logging.INFO, "datasets": logging.WARNING, "accelerate": logging.WARNING,
+                     "huggingface_hub": logging.WARNING, "bitsandbytes": logging.WARNING,
+                     "py.warnings": logging.WARNING}
+PROGRESS_EVENTS_PER_SECOND = 10
+OPTIMIZERS = {"adamw": "adamw_torch", "adamw8bit": "adamw_bnb_8bit", "paged_adamw8bit": "paged_adamw_8bit"}
+
+
+@dataclass
+class RunOutcome:
+    status: str
+    """finished | stopped | failed."""
+    run_dir: Path | None
+    final_dir: Path | None
+    step: int
+    event: RunFinished | RunFailed
+    """The terminal event (also the last line of events.jsonl)."""
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("finished", "stopped")
+
+
+class _StopRequested(Exception):
+    """Stop was asked for while data or the model were still being prepared."""
+
+
+def run(config: RunConfig, emit: Emit, control: RunControl | None = None, *,
+        resume_from: str | Path | None = None, strict: bool = False) -> RunOutcome:
+    """Train `config`, emitting events; `resume_from` continues a run dir in place from its newest checkpoint.
+
+    `strict`: refuse to start when the memory preflight says the run will not fit (otherwise only warn).
+    """
+    session = _Session(config, emit, control or RunControl(), strict)
+    return session.execute(resume_from)
+
+
+class _Session:
+    def __init__(self, config: RunConfig, emit: Emit, control: RunControl, strict: bool):
+        self.config = config
+        self.user_emit = emit
+        self.control = control
+        self.strict = strict
+        self.run_dir: Path | None = None
+        self.created_dir = False
+        self.events_file = None
+        self.lock = threading.Lock()
+        self.training_started = False
+        self.step = 0
+        self.max_steps = 0
+        self.callback = None
+        self.trainer = None
+        self.estimated_peak_gib: float | None = None
+
+    # ---------------------------------------------------------------- events
+
+    def emit(self, event: Event) -> None:
+        with self.lock:
+            if self.events_file is not None:
+                try:
+                    self.events_file.write(event.to_json() + "\n")
+                    self.events_file.flush()  # a crash must leave every event already reported on disk
+                except (OSError, ValueError):
+                    pass
+        try:
+            self.user_emit(event)
+        except Exception:  # a broken listener must not kill the training
+            traceback.print_exc(file=sys.__stderr__)
+
+    def _open_events(self) -> None:
+        self.events_file = open(self.run_dir / rundir.EVENTS_FILE, "a", encoding="utf-8")
+
+    # ---------------------------------------------------------------- the run
+
+    def execute(self, resume_from) -> RunOutcome:
+        outcome = None
+        try:
+            with _forward_logs(self.emit):
+                try:
+                    outcome = self._run(resume_from)
+                except TuneError as exc:
+                    outcome = self._fail_user(exc)
+                except BaseException as exc:  # noqa: BLE001 - the runner reports every failure as an event
+                    outcome = self._fail(exc)
+                    if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                        raise
+        finally:
+            self._close()
+            self._release()
+        return outcome
+
+    def _release(self) -> None:
+        """Drop the model and trainer now: an app may start another run in this process."""
+        self.trainer = None
+        self.callback = None
+        if "torch" in sys.modules:
+            import gc
+
+            import torch
+
+            gc.collect()
+            if torch.cuda.is_available() and torch.cuda.is_initialized():
+                torch.cuda.empty_cache()
+
+    def _run(self, resume_from) -> RunOutcome:
+        from core.training import data as data_mod
+        from core.training.models import check_bitsandbytes, resolve_device
+
+        config = self.config
+        cfg.validate(config)
+        device = resolve_device(config.train.device)
+        precision = resolve_precision(config.train.precision, device)
+        if config.method.kind == "qlora":
+            check_bitsandbytes(device, config.method.quant.bits)  # fail before any work, and say why
+
+        checkpoint = self._open_run_dir(resume_from)
+        try:
+            prepared, tokenizer, model, model_dir = self._prepare(config, device, data_mod)
+        except _StopRequested:
+            return self._finish(stopped=True, final_dir=None)
+        if self.control.stop_requested:
+            return self._finish(stopped=True, final_dir=None)
+        return self._train(config, device, precision, prepared, tokenizer, model, checkpoint)
+
+    def _open_run_dir(self, resume_from) -> Path | None:
+        config = self.config
+        checkpoint = None
+        if resume_from is not None:
+            self.run_dir = Path(resume_from).expanduser()
+            saved = rundir.load_run_config(self.run_dir)
+            if rundir.is_running(self.run_dir):
+                raise TuneError(f"The run in {self.run_dir} is still running", "--resume",
+                                "Stop it first (Ctrl-C in its terminal, or Stop in the app), then resume")
+            if (saved.model.name_or_path != config.model.name_or_path
+                    or cfg.to_dict(saved.method) != cfg.to_dict(config.method)):
+                raise TuneError(f"The run in {self.run_dir} used another model or method than this config",
+                                "--resume", "Resume with the run's own config (leave out CONFIG), or start a new run")
+            checkpoint = rundir.latest_checkpoint(self.run_dir)
+            if checkpoint is None:
+                raise TuneError(f"The run in {self.run_dir} has no checkpoint to resume from", "--resume",
+                                "Start it again as a new run (checkpoints are written every train.save_steps "
+                                "and when a run is stopped)")
+        else:
+            self.run_dir = rundir.new_run_dir(config.output.dir, config)
+            self.created_dir = True
+        cfg.save(config, self.run_dir / rundir.CONFIG_FILE)
+        self._open_events()
+        rundir.write_pid(self.run_dir)
+        self.emit(RunStarted(run_id=self.run_dir.name, run_dir=str(self.run_dir), config=cfg.to_dict(config),
+                             resumed_from=str(checkpoint) if checkpoint else None))
+        self._preflight()
+        return checkpoint
+
+    def _preflight(self) -> None:
+        try:
+            from core.resources.preflight import preflight
+        except ImportError:
+            return
+        try:
+            result = preflight(self.config)
+        except Exception as exc:  # an estimate must never stop a run that might work
+            log.warning("Memory preflight failed: %s", exc)
+            return
+        self.estimated_peak_gib = result.estimate_gib
+        if result.fits is False:
+            if self.strict:
+                raise TuneError(f"This run will likely not fit in GPU memory: {result.message}", "--strict",
+                                "Choose a cheaper configuration, or run without --strict to try anyway")
+            log.warning("Memory preflight: %s", result.message)
+        elif result.message:
+            log.info("Memory preflight: %s", result.message)
+
+    def _prepare(self, config: RunConfig, device: str, data_mod):
+        from transformers import set_seed
+
+        from core.training.methods import apply_method
+        from core.training.models import load_model, load_tokenizer, resolve_model_dir, resolve_dtype
+
+        # Data first: it is cheap and a bad file should fail before minutes of model loading.
+        self.emit(PhaseChanged(phase="preparing_data", message=f"reading {config.data.path}"))
+        raw = data_mod.load_raw(config.data, seed=config.train.seed)
+
+        self.emit(PhaseChanged(phase="loading_model", message=f"resolving {config.model.name_or_path}"))
+        model_dir = resolve_model_dir(config.model)
+        tokenizer = load_tokenizer(config.model, model_dir)
+
+        self.emit(PhaseChanged(phase="preparing_data", done=0, message="tokenizing"))
+        prepared = data_mod.tokenize(raw, tokenizer, config.data, progress=self._progress("preparing_data"))
+        n_val = len(prepared.val) if prepared.val is not None else 0
+        self.emit(DataReady(format=prepared.format, train_examples=len(prepared.train), val_examples=n_val,
+                            token_stats=dict(prepared.stats or {})))
+
+        self.emit(PhaseChanged(phase="loading_model", message=f"loading {config.model.name_or_path}"))
+        set_seed(config.train.seed)  # LoRA and new heads are initialised from the run's seed
+        labels = list(prepared.label_names or []) if prepared.task == "classification" else None
+        model = load_model(config.model, config.method, prepared.task, len(labels) if labels else None, device,
+                           label_names=labels, pad_token_id=tokenizer.pad_token_id, model_dir=model_dir)
+        model, report = apply_method(model, config.method, prepared.task,
+                                     gradient_checkpointing=config.train.gradient_checkpointing)
+        dtype = resolve_dtype(config.method.quant.compute_dtype if config.method.kind == "qlora"
+                              else config.model.dtype, device)
+        self.emit(ModelReady(trainable_params=report.trainable_params, total_params=report.total_params,
+                             trainable_modules=report.trainable_modules, method=config.method.kind, device=device,
+                             dtype=str(dtype).removeprefix("torch.")))
+        return prepared, tokenizer, model, model_dir
+
+    def _progress(self, phase: str):
+        last = [0.0]
+
+        def report(done: int, total: int | None = None) -> None:
+            if self.control.stop_requested:
+                raise _StopRequested()  # tokenizing a large dataset can take minutes: don't make stop wait
+            now = time.monotonic()
+            if done == total or now - last[0] >= 1 / PROGRESS_EVENTS_PER_SECOND:
+                last[0] = now
+                self.emit(PhaseChanged(phase=phase, done=done, total=total))
+        return report
+
+    def _train(self, config, device, precision, prepared, tokenizer, model, checkpoint) -> RunOutcome:
+        from transformers import Trainer
+        from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+        from core.training.callbacks import EventCallback
+
+        has_val = prepared.val is not None and len(prepared.val) > 0
+        args = training_arguments(config, self.run_dir, device, precision, has_val=has_val)
+        self.callback = EventCallback(self.emit, self.control)
+        trainer = Trainer(
+            model=model, args=args, train_dataset=prepared.train,
+            eval_dataset=prepared.val if has_val else None,
+            data_collator=prepared.collator(tokenizer), processing_class=tokenizer,
+            callbacks=[self.callback],
+            compute_metrics=_accuracy if prepared.task == "classification" else None,
+        )
+        # The Trainer prints logs to stdout by default; events carry them instead.
+        trainer.remove_callback(PrinterCallback)
+        trainer.remove_callback(ProgressCallback)
+        self.trainer = trainer
+
+        self.emit(PhaseChanged(phase="training"))
+        self.training_started = True
+        if device.startswith("cuda"):
+            import torch
+
+            torch.cuda.reset_peak_memory_stats()  # RunFinished reports this run's peak, not the process's
+        result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        self.step, self.max_steps = trainer.state.global_step, trainer.state.max_steps
+        if self.callback.stopped:
+            return self._finish(stopped=True, final_dir=None, train_loss=result.training_loss)
+
+        if has_val and config.train.eval_steps == 0:
+            trainer.evaluate()  # "0: at the end only"
+        self.emit(PhaseChanged(phase="saving", message="writing final/"))
+        final_dir = self._save_final(trainer, tokenizer, prepared)
+        return self._finish(stopped=False, final_dir=final_dir, train_loss=result.training_loss)
+
+    def _save_final(self, trainer, tokenizer, prepared) -> Path:
+        final = self.run_dir / rundir.FINAL
+        tmp = self.run_dir / ".final-tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        trainer.save_model(str(tmp))  # adapter for LoRA/QLoRA, full weights (safetensors) otherwise
+        tokenizer.save_pretrained(str(tmp))
+        if prepared.task == "classification":
+            (tmp / rundir.LABELS_FILE).write_text(json.dumps(
+                {"labels": list(prepared.label_names)}, ensure_ascii=False, indent=1), encoding="utf-8")
+        shutil.rmtree(final, ignore_errors=True)  # a resumed run replaces the previous final/
+        tmp.rename(final)
+        return final
+
+    # ---------------------------------------------------------------- endings
+
+    def _finish(self, *, stopped: bool, final_dir: Path | None, train_loss: float | None = None) -> RunOutcome:
+        import torch
+
+        peak = None
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            peak = torch.cuda.max_memory_allocated() / 2**30
+        event = RunFinished(run_dir=str(self.run_dir), final_dir=str(final_dir) if final_dir else None,
+                            step=self.step, max_steps=self.max_steps, stopped=stopped, train_loss=train_loss,
+                            peak_gpu_memory_gib=peak, estimated_peak_gib=self.estimated_peak_gib)
+        self.emit(event)
+        return RunOutcome("stopped" if stopped else "finished", self.run_dir, final_dir, self.step, event)
+
+    def _fail_user(self, exc: TuneError) -> RunOutcome:
+        early = not self.training_started
+        if early and self.created_dir:
+            self._close()
+            shutil.rmtree(self.run_dir, ignore_errors=True)  # bad input leaves no half-made run behind
+            self.run_dir = None
+        event = RunFailed(message=exc.message, kind="user_error",
+                          run_dir=str(self.run_dir) if self.run_dir else None, step=self._step_now())
+        self.emit(event)
+        return RunOutcome("failed", self.run_dir, None, self._step_now() or 0, event)
+
+    def _fail(self, exc: BaseException) -> RunOutcome:
+        step = self._step_now()
+        tb = traceback.format_exc()
+        if _is_oom(exc):
+            kind = "out_of_memory"
+            # The traceback's frames hold the model and activations: drop them so the GPU memory really frees.
+            traceback.clear_frames(exc.__traceback__)
+            self._release()
+            message = _oom_advice(self.config) or "Out of GPU memory."
+            if step:
+                message += f" (It ran out at step {step}.)"
+        elif isinstance(exc, KeyboardInterrupt):
+            kind, message, tb = "error", "Interrupted (a second Ctrl-C): no checkpoint was saved.", None
+        else:
+            kind = "error"
+            message = f"{type(exc).__name__}: {exc} (this is a bug; the traceback is in events.jsonl)"
+        event = RunFailed(message=message, kind=kind, run_dir=str(self.run_dir) if self.run_dir else None,
+                          step=step, traceback=tb)
+        self.emit(event)
+        return RunOutcome("failed", self.run_dir, None, step or 0, event)
+
+    def _step_now(self) -> int | None:
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None and getattr(trainer, "state", None) is not None:
+            return trainer.state.global_step
+        return None
+
+    def _close(self) -> None:
+        with self.lock:
+            if self.events_file is not None:
+                self.events_file.close()
+                self.events_file = None
+        if self.run_dir is not None:
+            rundir.clear_pid(self.run_dir)
+
+
+# ---------------------------------------------------------------- trainer set-up
+
+def resolve_precision(precision: str, device: str) -> str:
+    """bf16 | fp16 | fp32 for the Trainer: `auto` is bf16 on GPUs that have it, fp16 on older GPUs, fp32 on CPU."""
+    import torch
+
+    cuda = device.startswith("cuda")
+    if precision == "auto":
+        if not cuda:
+            return "fp32"
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if precision == "fp16" and not cuda:
+        raise TuneError("train.precision is fp16, which needs a CUDA GPU", "train.precision",
+                        "Use train.precision: auto (fp32 on CPU) or bf16")
+    if precision == "bf16" and cuda and not torch.cuda.is_bf16_supported():
+        raise TuneError("train.precision is bf16 but this GPU has no bf16 support", "train.precision",
+                        "Use train.precision: auto or fp16")
+    return precision
+
+
+def training_arguments(config: RunConfig, run_dir: Path, device: str, precision: str, *, has_val: bool):
+    """The TrainingArguments for a run: the Trainer does accumulation, precision, schedule, checkpoints."""
+    from transformers import TrainingArguments
+
+    t = config.train
+    evaluate_every = has_val and t.eval_steps > 0
+    try:
+        return TrainingArguments(
+            output_dir=str(run_dir / rundir.CHECKPOINTS),
+            per_device_train_batch_size=t.batch_size, per_device_eval_batch_size=t.batch_size,
+            gradient_accumulation_steps=t.grad_accum,
+            num_train_epochs=t.epochs, max_steps=t.max_steps,
+            learning_rate=t.lr, lr_scheduler_type=t.scheduler,
+            warmup_steps=float(t.warmup_ratio),  # a float in [0, 1) is a fraction of the steps
+            weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm,
+            optim=("adamw_torch_fused" if device.startswith("cuda") else "adamw_torch")
+            if t.optim == "adamw" else OPTIMIZERS[t.optim],
+            bf16=precision == "bf16", fp16=precision == "fp16", use_cpu=device == "cpu",
+            activation_checkpointing=t.gradient_checkpointing,
+            activation_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
+            logging_strategy="steps", logging_steps=t.logging_steps,
+            eval_strategy="steps" if evaluate_every else "no", eval_steps=t.eval_steps if evaluate_every else None,
+            save_strategy="steps", save_steps=t.save_steps, save_total_limit=t.save_total_limit,
+            seed=t.seed, data_seed=t.seed,
+            include_num_input_tokens_seen="non_padding",  # tokens/s counts real tokens, not padding
+            label_names=["labels"],
+            report_to="none", disable_tqdm=True,
+            dataloader_pin_memory=device.startswith("cuda"), dataloader_num_workers=0,
+        )
+    except ValueError as exc:
+        text = str(exc)
+        if "scheduler" in text.lower() or "SchedulerType" in text:
+            raise TuneError(f"`train.scheduler` is {t.scheduler!r}, which transformers does not know",
+                            "train.scheduler", "Use linear, cosine, constant, constant_with_warmup or "
+                            "cosine_with_restarts") from None
+        raise
+
+
+def _accuracy(eval_pred) -> dict:
+    import numpy as np
+
+    logits = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
+    return {"accuracy": float((np.argmax(logits, axis=-1) == eval_pred.label_ids).mean())}
+
+
+# ---------------------------------------------------------------- failures
+
+def _is_oom(exc: BaseException) -> bool:
+    try:
+        import torch
+
+        if isinstance(exc, torch.OutOfMemoryError):
+            return True
+    except ImportError:
+        pass
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower() and "CUDA" in str(exc)
+
+
+def _oom_advice(config: RunConfig) -> str:
+    try:
+        from core.resources.preflight import oom_advice
+    except ImportError:
+        return ("Out of GPU memory. Try a smaller train.batch_size (raise train.grad_accum to keep the effective "
+                "batch), train.gradient_checkpointing: true, a shorter data.max_length, or method.kind: qlora.")
+    try:
+        return oom_advice(config)
+    except Exception:  # advice is best effort
+        return ""
+
+
+# ---------------------------------------------------------------- logging
+
+class _EventLogHandler(logging.Handler):
+    def __init__(self, emit: Emit):
+        super().__init__(logging.INFO)
+        self._emit = emit
+        self._local = threading.local()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if getattr(self._local, "busy", False):
+            return  # a listener that logs must not recurse back here
+        self._local.busy = True
+        try:
+            message = record.getMessage().strip("\n")
+            if not message.strip():
+                return
+            if record.exc_info:
+                message += "\n" + "".join(traceback.format_exception(*record.exc_info)).rstrip()
+            self._emit(LogLine(level=record.levelname, message=message, logger=record.name))
+        except Exception:
+            self.handleError(record)
+        finally:
+            self._local.busy = False
+
+
+@contextlib.contextmanager
+def _forward_logs(emit: Emit):
+    """While a run goes: library logs become LogLine events (not stderr), progress bars are off."""
+    import warnings
+
+    handler = _EventLogHandler(emit)
+    _configure_library_loggers()
+    saved = []
+    for name, level in FORWARDED_LOGGERS.items():
+        logger = logging.getLogger(name)
+        # The libraries' own stderr handlers would print over the TUI: detach them for the run.
+        own = [h for h in logger.handlers if isinstance(h, logging.StreamHandler)
+               and not isinstance(h, logging.FileHandler)]
+        saved.append((logger, logger.level, own))
+        for h in own:
+            logger.removeHandler(h)
+        logger.setLevel(level)
+        if "." not in name:  # children (transformers.trainer) reach the handler by propagation
+            logger.addHandler(handler)
+    capturing = warnings.showwarning is getattr(logging, "_showwarning", None)
+    if not capturing:
+        logging.captureWarnings(True)
+    bars = _progress_bars_off()
+    try:
+        yield
+    finally:
+        bars()
+        if not capturing:
+            logging.captureWarnings(False)
+        for logger, level, own in saved:
+            logger.removeHandler(handler)
+            logger.setLevel(level)
+            for h in own:
+                logger.addHandler(h)
+
+
+def _configure_library_loggers() -> None:
+    """transformers and datasets attach their stderr handlers on first use: make that happen now, to detach them."""
+    for module in ("transformers.utils.logging", "datasets.utils.logging"):
+        try:
+            __import__(module, fromlist=["get_logger"]).get_logger()
+        except ImportError:
+            pass
+
+
+def _progress_bars_off():
+    """Turn off transformers/datasets/hub progress bars (they print to the terminal); returns the undo."""
+    undo = []
+    try:
+        import transformers.utils.logging as tlog
+
+        if tlog.is_progress_bar_enabled():
+            tlog.disable_progress_bar()
+            undo.append(tlog.enable_progress_bar)
+    except ImportError:
+        pass
+    try:
+        import datasets
+
+        if datasets.is_progress_bar_enabled():
+            datasets.disable_progress_bars()
+            undo.append(datasets.enable_progress_bars)
+    except ImportError:
+        pass
+    try:
+        import huggingface_hub.utils as hub
+
+        if not hub.are_progress_bars_disabled():
+            hub.disable_progress_bars()
+            undo.append(hub.enable_progress_bars)
+    except ImportError:
+        pass
+
+    def restore():
+        for fn in undo:
+            fn()
+    return restore
+
+
+__all__ = ["run", "RunOutcome", "training_arguments", "resolve_precision"]

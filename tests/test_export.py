@@ -1,0 +1,62 @@
+"""`tunetui export RUN --merge OUT`: the merged model loads with AutoModelForCausalLM and matches base + adapter."""
+from __future__ import annotations
+
+import pytest
+
+from tui.cli import main
+
+
+def _logits_pair(run_dir, merged_dir):
+    """(base + adapter as PeftModel on an unquantized base, the merged model) logits on the same tokens."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from core import rundir
+    from core.training.models import resolve_model_dir
+
+    config = rundir.load_run_config(run_dir)
+    tokenizer = AutoTokenizer.from_pretrained(merged_dir)
+    batch = tokenizer(["Give three tips for staying healthy.", "What is the capital of France?"],
+                      return_tensors="pt", padding=True)
+    base = AutoModelForCausalLM.from_pretrained(resolve_model_dir(config.model))
+    peft_model = PeftModel.from_pretrained(base, str(run_dir / "final")).eval()
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir).eval()
+    with torch.no_grad():
+        return peft_model(**batch).logits, merged(**batch).logits, merged
+
+
+@pytest.mark.parametrize("fixture", ["lora_run", "qlora_run"])
+def test_merged_model_reloads_and_matches_the_adapter(fixture, request, tmp_path, capsys):
+    import torch
+    from bitsandbytes.nn import Linear4bit
+
+    outcome, _ = request.getfixturevalue(fixture)
+    out = tmp_path / "merged"
+    assert main(["export", str(outcome.run_dir), "--merge", str(out)]) == 0
+    assert str(out) in capsys.readouterr().out
+    assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
+    assert not (out / "adapter_config.json").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["merged"]  # no temp folder left beside it
+
+    adapted, merged_logits, merged = _logits_pair(outcome.run_dir, out)
+    # A QLoRA run merges into a full-precision copy of the base: no 4-bit layers, no quantization config.
+    assert not any(isinstance(m, Linear4bit) for m in merged.modules())
+    assert getattr(merged.config, "quantization_config", None) is None
+    assert torch.allclose(adapted, merged_logits, atol=1e-4), (adapted - merged_logits).abs().max()
+
+
+def test_export_refuses_without_writing_anything(lora_run, tmp_path, capsys):
+    outcome, _ = lora_run
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "keep.txt").write_text("mine")
+    assert main(["export", str(outcome.run_dir), "--merge", str(busy)]) == 2
+    assert "already exists and is not empty" in capsys.readouterr().err
+    assert [p.name for p in busy.iterdir()] == ["keep.txt"]
+
+    not_a_run = tmp_path / "nothing"
+    not_a_run.mkdir()
+    assert main(["export", str(not_a_run), "--merge", str(tmp_path / "out")]) == 2
+    assert "is not a run folder" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,73 @@
+"""What each method makes trainable: LoRA targets found from the model, freeze picks blocks, QLoRA is 4-bit."""
+from __future__ import annotations
+
+import pytest
+
+from core.config import FreezeSpec, LoraSpec, MethodSpec, ModelSpec
+from core.errors import TuneError
+from core.training.methods import apply_method, linear_target_names
+from core.training.models import load_model
+
+
+def _trainable(model) -> set[str]:
+    return {name for name, p in model.named_parameters() if p.requires_grad}
+
+
+def test_lora_all_linear_adapts_every_block_linear_and_nothing_else(demo_model_dir):
+    model = load_model(ModelSpec(), MethodSpec(kind="lora"), "sft", device="cpu")
+    assert linear_target_names(model) == ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj",
+                                          "v_proj"]
+    model, report = apply_method(model, MethodSpec(kind="lora", lora=LoraSpec(r=4)), "sft")
+    adapted = {name.rsplit(".lora_A", 1)[0] for name in _trainable(model) if ".lora_A." in name}
+    assert len(adapted) == 4 * 7 and not any("lm_head" in n for n in adapted)
+    assert _trainable(model) == {n for n in _trainable(model) if ".lora_" in n}
+    assert report.trainable_params == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert "q_proj" in report.trainable_modules[0]
+
+
+def test_lora_on_bert_classification_skips_the_pooler_and_trains_the_head(tiny_bert_dir):
+    spec = ModelSpec(str(tiny_bert_dir))
+    model = load_model(spec, MethodSpec(kind="lora"), "classification", 3, "cpu", label_names=["a", "b", "c"])
+    model, report = apply_method(model, MethodSpec(kind="lora"), "classification")
+    names = {name for name, _ in model.named_modules()}
+    assert any(n.endswith("attention.self.query.lora_A") for n in names)
+    assert not any("pooler.dense.lora_A" in n for n in names)  # outside the blocks
+    assert any("classifier" in n for n in _trainable(model))
+    assert "head: classifier" in report.trainable_modules
+
+
+def test_freeze_trains_the_chosen_blocks_and_extra_modules_only(demo_model_dir):
+    method = MethodSpec(kind="freeze", freeze=FreezeSpec(trainable_layers=-1, extra_modules=("norm", "embed_tokens")))
+    model = load_model(ModelSpec(), method, "sft", device="cpu")
+    model, report = apply_method(model, method, "sft")
+    trainable = _trainable(model)
+    assert trainable == {n for n in trainable if n.startswith(("model.layers.0.", "model.norm.",
+                                                               "model.embed_tokens."))}
+    assert "model.layers.0.mlp.up_proj.weight" in trainable and "model.norm.weight" in trainable
+    assert report.trainable_modules == ["layers.0", "norm", "embed_tokens"]
+
+    too_many = MethodSpec(kind="freeze", freeze=FreezeSpec(trainable_layers=6))
+    with pytest.raises(TuneError, match="only 4 blocks"):
+        apply_method(load_model(ModelSpec(), too_many, "sft", device="cpu"), too_many, "sft")
+
+
+def test_qlora_base_linears_are_4bit_and_only_adapters_train(demo_model_dir):
+    from bitsandbytes.nn import Linear4bit
+
+    method = MethodSpec(kind="qlora")
+    model = load_model(ModelSpec(), method, "sft", device="cpu")
+    model, report = apply_method(model, method, "sft")
+    layer = model.get_base_model().model.layers[0]
+    for linear in (layer.self_attn.q_proj, layer.mlp.down_proj):
+        assert isinstance(linear.base_layer, Linear4bit)
+        assert linear.base_layer.weight.quant_state.quant_type == "nf4"
+    assert all(".lora_" in n for n in _trainable(model))
+    assert report.total_params == 1_836_160 + report.trainable_params  # 4-bit weights counted as parameters
+
+
+def test_lora_target_modules_that_do_not_exist_are_named(demo_model_dir):
+    method = MethodSpec(kind="lora", lora=LoraSpec(target_modules=("q_proj", "query_key_value")))
+    model = load_model(ModelSpec(), method, "sft", device="cpu")
+    with pytest.raises(TuneError, match="query_key_value") as info:
+        apply_method(model, method, "sft")
+    assert "v_proj" in info.value.fix

@@ -1,0 +1,278 @@
+"""The engine end to end on demo:tiny-llama (CPU): every method learns, adapters reload, stop/resume, pause."""
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from core import rundir
+from core.control import RunControl
+from core.events import (CheckpointSaved, EvalEnded, ModelReady, RunFailed, RunFinished, RunPaused, RunResumed,
+                         RunStarted, StepEnded, read_events)
+from core.training.runner import run
+
+
+def _losses(events) -> list[float]:
+    return [e.loss for e in events if isinstance(e, StepEnded) and e.loss is not None]
+
+
+def _assert_ends_once(run_dir, stopped: bool = False) -> None:
+    events = read_events(run_dir / rundir.EVENTS_FILE)
+    terminal = [e for e in events if isinstance(e, (RunFinished, RunFailed))]
+    assert len(terminal) == 1 and terminal[0] is events[-1], [type(e).__name__ for e in events[-3:]]
+    assert isinstance(events[-1], RunFinished) and events[-1].stopped is stopped
+
+
+def _eval_loss_of_reloaded(outcome, config, quantized: bool) -> float:
+    """The validation loss of base + final/ adapter loaded from disk, as a user would load them."""
+    import torch
+    from peft import PeftModel
+
+    from core.training import data
+    from core.training.models import load_model, load_tokenizer
+
+    tokenizer = load_tokenizer(config.model)
+    prepared = data.tokenize(data.load_raw(config.data, seed=config.train.seed), tokenizer, config.data)
+    base = load_model(config.model, config.method, "sft", device="cpu")
+    model = PeftModel.from_pretrained(base, str(outcome.final_dir)).eval()
+    if quantized:
+        from bitsandbytes.nn import Linear4bit
+
+        linear = model.get_base_model().model.layers[0].self_attn.q_proj.base_layer
+        assert isinstance(linear, Linear4bit), type(linear)
+    batch = prepared.collator(tokenizer)([prepared.val[i] for i in range(len(prepared.val))])
+    with torch.no_grad():
+        return model(**batch).loss.item()
+
+
+@pytest.mark.parametrize("fixture", ["lora_run", "qlora_run"])
+def test_adapter_learns_saves_and_reloads_with_the_same_outputs(fixture, request, small_config):
+    outcome, events = request.getfixturevalue(fixture)
+    assert outcome.status == "finished", outcome.event
+    losses = _losses(events)
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.05, losses
+    assert (outcome.final_dir / "adapter_config.json").is_file()
+    assert (outcome.final_dir / "tokenizer.json").is_file()
+    _assert_ends_once(outcome.run_dir)
+
+    # The eval at the end ran on the in-memory model; the adapter reloaded from disk must give the same loss.
+    final_eval = [e for e in events if isinstance(e, EvalEnded)][-1]
+    config = rundir.load_run_config(outcome.run_dir)
+    reloaded = _eval_loss_of_reloaded(outcome, config, quantized=fixture == "qlora_run")
+    assert reloaded == pytest.approx(final_eval.eval_loss, abs=1e-4)
+    ready = next(e for e in events if isinstance(e, ModelReady))
+    assert 0 < ready.trainable_params < ready.total_params / 5
+
+
+@pytest.mark.parametrize("kind", ["full", "freeze"])
+def test_full_and_freeze_learn_and_freeze_keeps_other_weights_bit_identical(kind, output_dir, small_config,
+                                                                            demo_model_dir):
+    from safetensors.torch import load_file
+
+    config = small_config(output_dir, method={"kind": kind, "freeze": {"trainable_layers": 2}},
+                          train={"lr": 2e-3, "max_steps": 8})
+    events: list = []
+    outcome = run(config, events.append)
+    assert outcome.status == "finished", outcome.event
+    losses = _losses(events)
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.05, losses
+
+    before = load_file(demo_model_dir / "model.safetensors")
+    after = load_file(outcome.final_dir / "model.safetensors")
+    assert before.keys() == after.keys()
+    changed = {name for name in before if not before[name].equal(after[name])}
+    if kind == "full":
+        assert any(".layers.0." in n for n in changed) and "lm_head.weight" in changed
+    else:  # the top two of four blocks train; blocks 0-1, embeddings, final norm and lm_head stay bit-identical
+        assert changed and all(n.startswith(("model.layers.2.", "model.layers.3.")) for n in changed), changed
+        assert any(n.startswith("model.layers.2.") for n in changed)
+        assert any(n.startswith("model.layers.3.") for n in changed)
+
+
+def test_stop_saves_a_checkpoint_and_resume_continues_from_its_step(output_dir, small_config, demo_model_dir):
+    config = small_config(output_dir, train={"max_steps": 8, "save_steps": 100})
+    control = RunControl()
+    events: list = []
+
+    def emit(event):
+        events.append(event)
+        if isinstance(event, StepEnded) and event.step == 3:
+            control.stop()
+
+    first = run(config, emit, control)
+    assert first.status == "stopped" and first.step == 3, first.event
+    assert rundir.latest_checkpoint(first.run_dir).name == "checkpoint-3"
+    assert [r.status for r in rundir.list_runs(output_dir)] == ["stopped"]
+    _assert_ends_once(first.run_dir, stopped=True)
+
+    resumed: list = []
+    second = run(config, resumed.append, resume_from=first.run_dir)
+    assert second.status == "finished" and second.run_dir == first.run_dir, second.event
+    started = next(e for e in resumed if isinstance(e, RunStarted))
+    assert started.resumed_from.endswith("checkpoint-3")
+    steps = [e.step for e in resumed if isinstance(e, StepEnded)]
+    assert steps == [4, 5, 6, 7, 8]
+
+    log = read_events(first.run_dir / rundir.EVENTS_FILE)  # one log, both sessions, in order
+    assert sum(isinstance(e, RunStarted) for e in log) == 2
+    assert isinstance(log[-1], RunFinished) and not log[-1].stopped
+    [summary] = rundir.list_runs(output_dir)
+    assert (summary.status, summary.step, summary.max_steps) == ("finished", 8, 8)
+    assert summary.final_dir is not None and summary.last_loss is not None
+
+
+def test_pause_blocks_between_steps_until_resumed(output_dir, small_config, demo_model_dir):
+    config = small_config(output_dir, train={"max_steps": 4, "save_steps": 100})
+    control = RunControl()
+    events: list = []
+    stamps: dict = {}
+
+    def emit(event):
+        events.append(event)
+        if isinstance(event, StepEnded) and event.step == 2:
+            control.pause()
+            threading.Timer(1.0, control.resume).start()
+        if isinstance(event, (RunPaused, RunResumed)):
+            stamps[type(event).__name__] = time.monotonic()
+
+    outcome = run(config, emit, control)
+    assert outcome.status == "finished"
+    names = [(type(e).__name__, getattr(e, "step", None)) for e in events
+             if isinstance(e, (StepEnded, RunPaused, RunResumed))]
+    assert names == [("StepEnded", 1), ("StepEnded", 2), ("RunPaused", 2), ("RunResumed", 2),
+                     ("StepEnded", 3), ("StepEnded", 4)]
+    assert stamps["RunResumed"] - stamps["RunPaused"] >= 0.9
+    # Paused time is not training time: the step after the pause does not absorb it.
+    after = next(e for e in events if isinstance(e, StepEnded) and e.step == 3)
+    assert after.step_seconds < 0.9
+
+
+def test_stop_without_saving_leaves_no_checkpoint(output_dir, small_config, demo_model_dir):
+    config = small_config(output_dir, train={"max_steps": 6, "save_steps": 100})
+    control = RunControl()
+
+    def emit(event):
+        if isinstance(event, StepEnded) and event.step == 2:
+            control.stop(save=False)
+
+    outcome = run(config, emit, control)
+    assert outcome.status == "stopped" and outcome.step == 2
+    assert rundir.latest_checkpoint(outcome.run_dir) is None
+    events = read_events(outcome.run_dir / rundir.EVENTS_FILE)
+    assert not any(isinstance(e, CheckpointSaved) for e in events)
+
+
+@pytest.mark.parametrize("model", ["decoder", "bert"])
+def test_classification_trains_a_head_that_predicts_labels(model, output_dir, small_config, sentiment_csv,
+                                                           tiny_bert_dir, demo_model_dir):
+    import json
+
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    name = str(tiny_bert_dir) if model == "bert" else "demo:tiny-llama"
+    method = {"kind": "full"} if model == "bert" else {"kind": "lora", "lora": {"r": 8, "alpha": 16}}
+    config = small_config(output_dir, model={"name_or_path": name}, method=method,
+                          data={"path": str(sentiment_csv), "max_samples": None, "val_size": 0, "max_length": 32},
+                          train={"max_steps": 80 if model == "bert" else 30, "batch_size": 8, "lr": 3e-3})
+    events: list = []
+    outcome = run(config, events.append)
+    assert outcome.status == "finished", outcome.event
+    ready = next(e for e in events if isinstance(e, ModelReady))
+    assert any("head" in m or m == "all" for m in ready.trainable_modules), ready.trainable_modules
+    labels = json.loads((outcome.final_dir / "labels.json").read_text())["labels"]
+    assert sorted(labels) == ["negative", "positive"]
+
+    tokenizer = AutoTokenizer.from_pretrained(outcome.final_dir)
+    if model == "bert":
+        clf = AutoModelForSequenceClassification.from_pretrained(outcome.final_dir)
+    else:
+        from peft import PeftModel
+
+        base = AutoModelForSequenceClassification.from_pretrained(
+            demo_model_dir, num_labels=2, id2label=dict(enumerate(labels)), pad_token_id=tokenizer.pad_token_id)
+        clf = PeftModel.from_pretrained(base, str(outcome.final_dir))
+    clf.eval()
+    texts = ["the movie was very good", "the food was very awful", "it was very lovely", "the day was very sad"]
+    want = ["positive", "negative", "positive", "negative"]
+    batch = tokenizer(texts, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        predicted = [labels[i] for i in clf(**batch).logits.argmax(-1).tolist()]
+    assert predicted == want
+
+
+@pytest.mark.parametrize("failure", ["out_of_memory", "error"])
+def test_a_failing_run_says_what_kind_of_failure_and_keeps_its_folder(failure, output_dir, small_config,
+                                                                     monkeypatch, demo_model_dir):
+    import torch
+    from transformers import Trainer
+
+    def train(self, *args, **kwargs):
+        if failure == "out_of_memory":
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(Trainer, "train", train)
+    events: list = []
+    outcome = run(small_config(output_dir), events.append)
+    failed = events[-1]
+    assert outcome.status == "failed" and isinstance(failed, RunFailed) and failed.kind == failure
+    if failure == "out_of_memory":
+        text = failed.message.lower()  # the out-of-memory advice (core.resources.preflight), not a traceback
+        assert text.startswith("out of") and ("try" in text or "use a gpu" in text), failed.message
+    else:
+        assert "ZeroDivisionError: a bug" in failed.message and "ZeroDivisionError" in failed.traceback
+    log = read_events(outcome.run_dir / rundir.EVENTS_FILE)
+    assert isinstance(log[-1], RunFailed) and sum(isinstance(e, (RunFailed, RunFinished)) for e in log) == 1
+    [summary] = rundir.list_runs(output_dir)
+    assert summary.status == "failed" and summary.message == failed.message
+
+
+def test_list_runs_survives_torn_logs_and_tells_running_from_crashed(tmp_path):
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from core import config as cfg
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    root = tmp_path / "runs"
+
+    def make(name, started_at, pid, *, torn=False):
+        folder = root / name
+        folder.mkdir(parents=True)
+        cfg.save(cfg.RunConfig(), folder / rundir.CONFIG_FILE)
+        events = [RunStarted(run_id=name, run_dir=str(folder), config={}, time=started_at),
+                  StepEnded(step=3, max_steps=10, epoch=0.1, loss=2.5, time=started_at + 1)]
+        text = "".join(e.to_json() + "\n" for e in events) + ('{"event": "StepEnded", "st' if torn else "")
+        (folder / rundir.EVENTS_FILE).write_text(text)
+        (folder / rundir.PID_FILE).write_text(json.dumps({"pid": pid, "host": socket.gethostname()}))
+
+    make("older-crashed", 1000.0, dead.pid, torn=True)  # its process is gone and no final event was written
+    make("newer-running", 2000.0, os.getpid())
+    broken = root / "broken"
+    broken.mkdir()
+    (broken / rundir.CONFIG_FILE).write_text("model: [unclosed\n")
+
+    runs = {r.run_id: r for r in rundir.list_runs(root)}
+    assert [r.run_id for r in rundir.list_runs(root)][1:] == ["newer-running", "older-crashed"]
+    assert (runs["older-crashed"].status, runs["older-crashed"].step, runs["older-crashed"].last_loss) == (
+        "crashed", 3, 2.5)
+    assert runs["newer-running"].status == "running" and runs["newer-running"].model == "demo:tiny-llama"
+    assert runs["broken"].status == "crashed" and runs["broken"].model == "?"
+
+
+def test_strict_refuses_a_run_the_memory_preflight_says_will_not_fit(output_dir, small_config, monkeypatch):
+    from core.resources import preflight as pf
+
+    verdict = pf.Preflight(estimate_gib=30.0, free_gib=8.0, fits=False, message="needs about 30 GiB, 8 GiB free")
+    monkeypatch.setattr(pf, "preflight", lambda config, snapshot=None: verdict)
+    events: list = []
+    outcome = run(small_config(output_dir), events.append, strict=True)
+    assert outcome.status == "failed" and events[-1].kind == "user_error"
+    assert "needs about 30 GiB, 8 GiB free" in events[-1].message
+    assert not output_dir.exists() or not any(output_dir.iterdir())
