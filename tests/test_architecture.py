@@ -26,6 +26,12 @@ def test_tui_cli_and_app_do_not_import_ml_libraries_before_first_paint():
     assert not loaded & heavy_ml, f"the app imports {sorted(loaded & heavy_ml)} before its first frame"
 
 
+def test_headless_commands_never_import_textual():
+    loaded = _loaded_after("import tui.cli, tui.commands.train, tui.commands.runs, tui.commands.estimate, "
+                           "tui.commands.gpus, tui.commands.export")
+    assert "textual" not in loaded
+
+
 def test_resources_import_without_ml_libraries():
     loaded = _loaded_after("import core.resources.gpus, core.resources.estimate, core.resources.recommend, core.catalog")
     assert not loaded & set(HEAVY), f"heavy modules loaded: {sorted(loaded & set(HEAVY))}"

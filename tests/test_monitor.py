@@ -121,7 +121,7 @@ def test_gpus_command_shows_gpus_processes_and_host(capsys):
     import argparse
     import json
 
-    from core.commands import gpus as command
+    from tui.commands import gpus as command
 
     parser = argparse.ArgumentParser()
     command.add_arguments(parser)

@@ -95,7 +95,7 @@ def test_preflight_warns_or_passes_and_oom_advice_names_a_cheaper_run(tmp_path):
 
 
 def test_estimate_command_prints_json_for_a_folder_with_only_config_json(tmp_path, capsys):
-    from core.commands import estimate as command
+    from tui.commands import estimate as command
 
     (tmp_path / "config.json").write_text(json.dumps(L1B))
     parser = argparse.ArgumentParser()

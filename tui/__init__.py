@@ -1,1 +1,1 @@
-"""tunetui's terminal front end (Textual). Thin: all logic lives in core/."""
+"""tunetui's front ends: the Textual app and the headless CLI commands. Thin: all logic lives in core/."""

@@ -8,7 +8,7 @@ import argparse
 import importlib
 import sys
 
-# name -> (module under core.commands, one-line help)
+# name -> (module under tui.commands, one-line help)
 SUBCOMMANDS = {
     "train": ("train", "train headless from a YAML config"),
     "runs": ("runs", "list the runs in an output folder"),
@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
-        importlib.import_module(f"core.commands.{module}").add_arguments(p)
+        importlib.import_module(f"tui.commands.{module}").add_arguments(p)
     return parser
 
 
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         return _open_app([])
     from core.errors import TuneError
 
-    module = importlib.import_module(f"core.commands.{SUBCOMMANDS[args.command][0]}")
+    module = importlib.import_module(f"tui.commands.{SUBCOMMANDS[args.command][0]}")
     try:
         return int(module.run(args) or 0)
     except TuneError as exc:
