@@ -1,0 +1,142 @@
+"""The real `tunetui` in a real terminal (tmux, 100x30): open a config, launch the demo, watch it train, pause,
+resume, answer the stop question, then lose the terminal mid-run (SIGHUP, as when SSH drops): the run must stop
+with a checkpoint and the app exit. The screen is read the way a user sees it (tmux capture-pane)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from core import config as cfg
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")]
+
+TUNETUI = Path(sys.executable).with_name("tunetui")
+
+
+class Tmux:
+    """One private tmux server (its own socket) running one window."""
+
+    def __init__(self, command: list[str], cwd: Path, env: dict[str, str], size=(100, 30)) -> None:
+        self.socket = f"tunetui-test-{uuid.uuid4().hex[:8]}"
+        exports = " ".join(f"{k}={_quote(v)}" for k, v in env.items())
+        # exec: the pane's process is the app itself, so its pid is the app's and a hang-up reaches it directly.
+        line = f"cd {_quote(str(cwd))} && exec env {exports} {' '.join(_quote(c) for c in command)}"
+        self.tmux("new-session", "-d", "-x", str(size[0]), "-y", str(size[1]), "-s", "t", line)
+        self.tmux("set-option", "-t", "t", "remain-on-exit", "on")
+        self.pid = int(self.tmux("display-message", "-p", "-t", "t", "#{pane_pid}").strip())
+
+    def tmux(self, *args: str) -> str:
+        return subprocess.run(["tmux", "-L", self.socket, *args], check=True, capture_output=True,
+                              text=True, timeout=20).stdout
+
+    def screen(self) -> str:
+        return self.tmux("capture-pane", "-p", "-t", "t")
+
+    def keys(self, *keys: str) -> None:
+        self.tmux("send-keys", "-t", "t", *keys)
+
+    def dead(self) -> bool:
+        return self.tmux("display-message", "-p", "-t", "t", "#{pane_dead}").strip() == "1"
+
+    def wait_for(self, text: str, timeout: float = 60.0) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            screen = self.screen()
+            if text in screen:
+                return screen
+            time.sleep(0.2)
+        raise AssertionError(f"{text!r} did not appear within {timeout:.0f} s; the screen shows:\n{self.screen()}")
+
+    def close(self) -> None:
+        """Kill the terminal: the app gets SIGHUP, as when an SSH connection drops."""
+        subprocess.run(["tmux", "-L", self.socket, "kill-server"], capture_output=True, timeout=20)
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie left for a non-reaping init, as in some containers, counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        return "\nState:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return True
+
+
+def _last_event(run_dir: Path) -> dict:
+    lines = (run_dir / "events.jsonl").read_text(encoding="utf-8").strip().splitlines()
+    return json.loads(lines[-1]) if lines else {}
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "'\\''") + "'"
+
+
+def test_tunetui_trains_the_demo_in_a_real_terminal(tmp_path):
+    if not TUNETUI.exists():
+        pytest.skip(f"{TUNETUI} is not installed (pip install -e .)")
+    config = cfg.RunConfig(
+        data=cfg.DataSpec(path="demo:alpaca_en", max_length=64, val_size=0),
+        train=cfg.TrainSpec(max_steps=500, batch_size=2, save_steps=1000, eval_steps=0, warmup_ratio=0.0),
+        output=cfg.OutputSpec(dir=str(tmp_path / "runs")))
+    cfg.save(config, tmp_path / "demo.yaml")
+    env = {"HF_HUB_CACHE": str(tmp_path / "hf"), "TUNETUI_CONFIG_DIR": str(tmp_path / "config"),
+           # The session's temp cache (conftest) when there is one: the demo weights are built once.
+           "TUNETUI_CACHE": os.environ.get("TUNETUI_CACHE", str(tmp_path / "cache")),
+           "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+           "PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", str(tmp_path)),
+           "TERM": "xterm-256color", "HF_HUB_OFFLINE": "1"}
+    term = Tmux([str(TUNETUI), "demo.yaml"], tmp_path, env)
+    try:
+        _drive_then_hang_up(term, tmp_path)
+    finally:
+        if _alive(term.pid):  # never leave a stray app behind, whatever the outcome
+            os.kill(term.pid, 9)
+
+
+def _drive_then_hang_up(term: Tmux, tmp_path: Path) -> None:
+    try:
+        # `tunetui CONFIG.yaml` opens on Review with that config; l launches.
+        term.wait_for("Launch", timeout=30)
+        term.keys("l")
+        screen = term.wait_for("/500", timeout=180)
+        assert "demo:tiny-llama · lora" in screen
+        screen = term.wait_for("tokens/s", timeout=60)
+        assert "loss" in screen and ("No NVIDIA GPU" in screen or "GPU0" in screen)
+
+        term.keys("p")
+        term.wait_for("⏸ paused", timeout=60)
+        term.keys("p")
+        term.wait_for("▶ running", timeout=60)
+
+        # Stop asks first; n keeps training.
+        term.keys("s")
+        term.wait_for("Stop the run?", timeout=20)
+        term.keys("n")
+        term.wait_for("▶ running", timeout=20)
+    finally:
+        term.close()  # the terminal goes away mid-run (SIGHUP), as when an SSH connection drops
+
+    # The run must end cleanly, stopped with a checkpoint it can be resumed from.
+    runs = [p for p in (tmp_path / "runs").iterdir() if p.is_dir()]
+    assert len(runs) == 1
+    deadline = time.monotonic() + 90
+    while _last_event(runs[0]).get("event") not in ("RunFinished", "RunFailed") and time.monotonic() < deadline:
+        time.sleep(0.5)
+    last = _last_event(runs[0])
+    assert last.get("event") == "RunFinished" and last.get("stopped"), f"the run did not stop cleanly: {last}"
+    assert (runs[0] / "checkpoints" / f"checkpoint-{last['step']}" / "trainer_state.json").is_file()
+    deadline = time.monotonic() + 30
+    while _alive(term.pid) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not _alive(term.pid), "tunetui did not exit within 30 s of losing its terminal (its run was checkpointed)"

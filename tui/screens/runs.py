@@ -1,0 +1,341 @@
+"""The Runs screen: the runs in the output folder; one's curves (from its events.jsonl) and config; resume a stopped
+run; start a new run from a run's config.
+
+Listing and reading run folders happen in thread workers (a folder with many long runs must not stall the UI);
+their results come back as messages.
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.syntax import Syntax
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.message import Message
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Static
+
+from core.errors import TuneError
+from tui.widgets.loss_chart import LossChart
+from tui.widgets.run_metrics import STATUS_STYLES
+from tui.widgets.setup_nav import NavBar
+
+COLUMNS = ("run", "status", "step", "loss", "method", "model", "started")
+LIVE_RELIST_SECONDS = 3.0
+"""While a run trains, the list (its step and loss) is refreshed this often when the screen is shown."""
+RESUMABLE = ("stopped", "failed", "crashed")
+"""Statuses whose latest checkpoint can be resumed."""
+
+
+class RunsListed(Message, bubble=False):
+    def __init__(self, runs: list, error: str | None) -> None:
+        super().__init__()
+        self.runs, self.error = runs, error
+
+
+class RunLoaded(Message, bubble=False):
+    def __init__(self, run_dir: str, state: Any, config_yaml: str | None, error: str | None) -> None:
+        super().__init__()
+        self.run_dir, self.state, self.config_yaml, self.error = run_dir, state, config_yaml, error
+
+
+def started_text(started: Any) -> str:
+    if isinstance(started, (int, float)) and math.isfinite(started):
+        return time.strftime("%Y-%m-%d %H:%M", time.localtime(started))
+    return str(started or "–")[:16]
+
+
+def step_text(run: Any) -> str:
+    if run.max_steps:
+        return f"{run.step}/{run.max_steps}"
+    return str(run.step or 0)
+
+
+def loss_text(value: float | None) -> str:
+    return "–" if value is None else f"{value:.4f}" if math.isfinite(value) else str(value)
+
+
+class RunsScreen(Screen):
+    """Run history of `app.output_dir`."""
+
+    DEFAULT_CSS = """
+    RunsScreen #runs-title { height: 1; padding: 0 1; }
+    RunsScreen #runs-table { height: auto; max-height: 40%; min-height: 3; }
+    RunsScreen #runs-detail { height: 1fr; min-height: 8; }
+    RunsScreen #runs-left { width: 3fr; }
+    RunsScreen #runs-summary { height: auto; max-height: 4; padding: 0 1; }
+    RunsScreen #runs-config {
+        width: 2fr; max-width: 60; border: round $panel-lighten-2; border-title-color: $text-muted;
+    }
+    RunsScreen #runs-empty { padding: 1 2; color: $text-muted; display: none; }
+    RunsScreen.-empty #runs-empty { display: block; }
+    RunsScreen.-empty #runs-table, RunsScreen.-empty #runs-detail { display: none; }
+    """
+
+    BINDINGS = [
+        Binding("enter", "open", "Open", show=False),
+        Binding("r", "resume", "Resume"),
+        Binding("n", "new_from_config", "New from config"),
+        Binding("f5", "reload", "Refresh"),
+    ]
+
+    def __init__(self, *, name: str | None = None, id: str | None = None, classes: str | None = None) -> None:
+        super().__init__(name=name, id=id, classes=classes)
+        self.runs: list = []
+        self.selected: Any = None
+        self._loaded_dir: str | None = None
+        self._seen_status: tuple | None = None
+        self._listing: list | None = None
+        self._listed_at = 0.0
+        self._live_version = -1
+
+    def compose(self) -> ComposeResult:
+        yield NavBar("runs")
+        yield Static(id="runs-title")
+        table: DataTable = DataTable(id="runs-table", cursor_type="row", zebra_stripes=True)
+        yield table
+        yield Static(id="runs-empty")
+        with Horizontal(id="runs-detail"):
+            with Vertical(id="runs-left"):
+                yield Static(id="runs-summary")
+                yield LossChart(id="runs-chart", empty_message="no losses recorded")
+            with VerticalScroll(id="runs-config"):
+                yield Static(id="runs-config-text")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#runs-config", VerticalScroll).border_title = "config"
+        # (The first listing comes from on_screen_resume, which follows the mount.)
+        # A run that ends while the app is open should appear here without a manual refresh.
+        self.set_interval(0.5, self._watch_session)
+
+    def on_screen_resume(self) -> None:
+        self.query_one(NavBar).set_snapshot(self.app.snapshot)
+        self.action_reload()
+
+    def on_snapshot_taken(self, message: Any) -> None:
+        self.query_one(NavBar).set_snapshot(message.snapshot)
+
+    # ------------------------------------------------------------------ listing
+
+    def action_reload(self) -> None:
+        self._listed_at = time.monotonic()
+        output_dir = self.app.output_dir
+        self.query_one("#runs-title", Static).update(Text.assemble(("Runs in ", "dim"), (str(output_dir), "bold")))
+        self.run_worker(lambda: self._list(output_dir), thread=True, group="runs-list", exclusive=True,
+                        exit_on_error=False)
+
+    def _list(self, output_dir: str) -> None:
+        runs, error = [], None
+        try:
+            from core.rundir import list_runs
+
+            runs = list(list_runs(output_dir))
+        except TuneError as exc:
+            error = str(exc)
+        except Exception as exc:  # noqa: BLE001 - shown in place instead of crashing the screen
+            error = f"Could not list the runs in {output_dir}: {exc}"
+        self.post_message(RunsListed(runs, error))
+
+    def _watch_session(self) -> None:
+        session = self.app.session
+        state = session.state
+        key = (id(state), state.status)
+        if key != self._seen_status:
+            first = self._seen_status is None
+            self._seen_status = key
+            if not first and (state.final or state.status == "running"):
+                self.action_reload()
+                return
+        if not self.is_current:
+            return
+        if self._is_live(self.selected):
+            # The run training in this app: its curve comes from the live state, not from re-reading the file.
+            if state.version != self._live_version:
+                self._live_version = state.version
+                self.query_one("#runs-chart", LossChart).set_series(state.losses, state.eval_losses)
+        if session.running and time.monotonic() - self._listed_at > LIVE_RELIST_SECONDS:
+            self.action_reload()
+
+    def _is_live(self, run: Any) -> bool:
+        """This app's current (or last) run: relative and absolute spellings of the folder are the same run."""
+        state = self.app.session.state
+        return (run is not None and state.run_dir is not None
+                and Path(state.run_dir).resolve() == Path(run.run_dir).resolve())
+
+    def on_runs_listed(self, message: RunsListed) -> None:
+        table = self.query_one("#runs-table", DataTable)
+        previous = str(self.selected.run_dir) if self.selected is not None else None
+        listing = [(str(r.run_dir), r.status, r.step, r.last_loss, r.checkpoint, r.final_dir) for r in message.runs]
+        if listing == self._listing and self.runs and not message.error:
+            return  # nothing changed: keep the cursor and the open run as they are
+        before = {row[0]: row for row in self._listing or ()}
+        self._listing = listing
+        self.runs = message.runs
+        rows = [(run.run_id, run.status, step_text(run), loss_text(run.last_loss), run.method, run.model,
+                 started_text(run.started)) for run in self.runs]
+        # Columns sized from their contents up front: DataTable caches rows rendered before it measures new
+        # cells on idle, and without fixed widths a busy machine could leave rows drawn at the old widths.
+        table.clear(columns=True)
+        for n, column in enumerate(COLUMNS):
+            table.add_column(column, key=column, width=max([len(column)] + [len(row[n]) for row in rows]))
+        for run, row in zip(self.runs, rows):
+            table.add_row(*row[:1], Text(row[1], style=STATUS_STYLES.get(run.status, "")), *row[2:],
+                          key=str(run.run_dir))
+        empty = not self.runs
+        self.set_class(empty, "-empty")
+        if message.error or empty:
+            self.query_one("#runs-empty", Static).update(
+                Text(message.error, style="red") if message.error else
+                Text(f"No runs in {self.app.output_dir} yet. Launch one from the Review screen; it appears here "
+                     "with its curves and config."))
+            self.selected = None
+            self.refresh_bindings()
+            return
+        row = next((n for n, run in enumerate(self.runs) if str(run.run_dir) == previous), 0)
+        table.move_cursor(row=row)
+        run = self.runs[row]
+        # Re-read the open run only when it changed on disk (and is not the live one, drawn from memory).
+        changed = before.get(str(run.run_dir)) != listing[row]
+        self._select(run, force=changed and not self._is_live(run))
+
+    # ------------------------------------------------------------------ one run
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        if 0 <= event.cursor_row < len(self.runs):
+            self._select(self.runs[event.cursor_row])
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        if 0 <= event.cursor_row < len(self.runs):
+            self._select(self.runs[event.cursor_row], force=True)
+
+    def action_open(self) -> None:
+        if self.selected is not None:
+            self._select(self.selected, force=True)
+
+    def _select(self, run: Any, force: bool = False) -> None:
+        if run is not self.selected:
+            self.selected = run
+            self.refresh_bindings()  # Resume is only offered for a run that can be resumed
+        self._show_summary(run)
+        run_dir = str(run.run_dir)
+        if force or self._loaded_dir != run_dir:
+            if self._loaded_dir != run_dir:
+                chart = self.query_one("#runs-chart", LossChart)
+                chart.empty_message = "reading events.jsonl…"
+                chart.set_series([], [])
+                self._live_version = -1
+            self._loaded_dir = run_dir
+            self.run_worker(lambda: self._load(run_dir), thread=True, group="runs-load", exclusive=True,
+                            exit_on_error=False)
+
+    def _show_summary(self, run: Any) -> None:
+        text = Text(no_wrap=False)
+        text.append(run.run_id, style="bold").append("  ")
+        text.append(run.status, style=STATUS_STYLES.get(run.status, ""))
+        text.append(f"  step {step_text(run)}  loss {loss_text(run.last_loss)}", style="dim")
+        if run.final_dir:
+            text.append(f"\nmodel saved in {run.final_dir}", style="dim")
+        elif run.checkpoint:
+            text.append(f"\ncheckpoint {Path(run.checkpoint).name}", style="dim")
+            if run.status in RESUMABLE:
+                text.append("  r resumes it", style="bold")
+        if run.message:
+            text.append(f"\n{run.message}", style="red" if run.status == "failed" else "dim")
+        self.query_one("#runs-summary", Static).update(text)
+
+    def _load(self, run_dir: str) -> None:
+        """Thread worker: replay the run's events into a RunState and read its config."""
+        from tui.session import RunState
+
+        state, config_yaml, errors = None, None, []
+        events_path = Path(run_dir) / "events.jsonl"
+        try:
+            from core.events import read_events
+
+            state = RunState.from_events(read_events(events_path)) if events_path.is_file() else None
+        except OSError as exc:
+            errors.append(f"Cannot read {events_path}: {exc}")
+        try:
+            from core.config import dump_yaml
+            from core.rundir import load_run_config
+
+            config_yaml = dump_yaml(load_run_config(run_dir))
+        except TuneError as exc:
+            errors.append(str(exc))
+        except Exception as exc:  # noqa: BLE001 - shown in place
+            errors.append(f"Cannot read the config of {run_dir}: {exc}")
+        self.post_message(RunLoaded(run_dir, state, config_yaml, "\n".join(errors) or None))
+
+    def on_run_loaded(self, message: RunLoaded) -> None:
+        if self.selected is None or message.run_dir != str(self.selected.run_dir):
+            return
+        chart = self.query_one("#runs-chart", LossChart)
+        chart.empty_message = "no losses recorded"
+        if self._is_live(self.selected):
+            state = self.app.session.state
+            chart.set_series(state.losses, state.eval_losses)
+        elif message.state is not None:
+            chart.set_series(message.state.losses, message.state.eval_losses)
+        else:
+            chart.set_series([], [])
+        config_view = self.query_one("#runs-config-text", Static)
+        if message.config_yaml:
+            config_view.update(Syntax(message.config_yaml, "yaml", theme="ansi_dark", background_color="default"))
+        else:
+            config_view.update(Text(message.error or "no config.yaml", style="red"))
+
+    # ------------------------------------------------------------------ actions
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        run = self.selected
+        if action == "resume":
+            return True if run is not None and run.status in RESUMABLE and run.checkpoint else None
+        if action == "new_from_config":
+            return True if run is not None else None
+        return True
+
+    def action_resume(self) -> None:
+        run = self.selected
+        if run is None:
+            self.notify("No run selected.", severity="warning")
+            return
+        if run.status == "running":
+            self.notify(f"{run.run_id} is still running (in this app or another process).", severity="warning",
+                        markup=False)
+            return
+        if run.status == "finished":
+            self.notify(f"{run.run_id} finished; there is nothing to resume. Press n to start a new run from its "
+                        "config.", severity="warning", markup=False)
+            return
+        if not run.checkpoint:
+            self.notify(f"{run.run_id} has no checkpoint to resume from. Press n to start it again from its config.",
+                        severity="warning", markup=False)
+            return
+        config = self._run_config(run)
+        if config is not None:
+            self.app.launch(config=config, resume_from=str(run.run_dir))
+
+    def action_new_from_config(self) -> None:
+        run = self.selected
+        if run is None:
+            self.notify("No run selected.", severity="warning")
+            return
+        config = self._run_config(run)
+        if config is not None:
+            self.app.set_config(config)
+            self.app.show("review")
+
+    def _run_config(self, run: Any) -> Any:
+        try:
+            from core.rundir import load_run_config
+
+            return load_run_config(run.run_dir)
+        except TuneError as exc:
+            self.notify(str(exc), title="Cannot read the run's config", severity="error", markup=False)
+            return None

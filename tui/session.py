@@ -1,0 +1,340 @@
+"""The App's training session: runs the engine in a thread worker and folds its events into a RunState.
+
+The training thread only calls `emit`, which posts an EngineEvent (thread-safe, non-blocking); the App hands each
+one to `TrainingSession.handle` on the UI thread. Screens redraw from `session.state` on a 0.1 s timer, and only
+when `state.version` changed, so a fast run never floods the terminal. Nothing here imports torch & co at module
+top level: the runner is imported inside the worker.
+"""
+from __future__ import annotations
+
+import math
+import threading
+import traceback as traceback_module
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable
+
+from textual.message import Message
+
+from core.control import RunControl
+from core.errors import TuneError
+from core.events import (
+    CheckpointSaved, DataReady, EvalEnded, Event, LogLine, ModelReady, PhaseChanged, RunFailed, RunFinished,
+    RunPaused, RunResumed, RunStarted, StepEnded, read_events,
+)
+
+if TYPE_CHECKING:
+    from textual.app import App
+
+    from core.config import RunConfig
+
+LOG_LINES = 500
+"""How many engine log lines the run view keeps."""
+
+FINAL_STATUSES = ("finished", "stopped", "failed")
+
+
+class EngineEvent(Message, bubble=False):
+    """One engine event, posted from the training thread; bubble=False so it is seen once (by the App)."""
+
+    def __init__(self, event: Event) -> None:
+        super().__init__()
+        self.event = event
+
+
+def is_finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
+
+
+@dataclass
+class RunState:
+    """Everything the run view shows, folded from engine events; `version` bumps on every change."""
+
+    status: str = "idle"
+    """idle → starting → running ⇄ pausing/paused → stopping → finished | stopped | failed (the final three)."""
+    phase: str | None = None
+    phase_done: int | None = None
+    phase_total: int | None = None
+    phase_message: str = ""
+    phases_seen: list[str] = field(default_factory=list)
+    run_id: str | None = None
+    run_dir: str | None = None
+    resumed_from: str | None = None
+    config: dict = field(default_factory=dict)
+    step: int = 0
+    max_steps: int = 0
+    epoch: float = 0.0
+    loss: float | None = None
+    losses: list[tuple[int, float]] = field(default_factory=list)
+    eval_losses: list[tuple[int, float]] = field(default_factory=list)
+    learning_rate: float | None = None
+    grad_norm: float | None = None
+    tokens_per_second: float | None = None
+    step_seconds: float | None = None
+    elapsed_seconds: float = 0.0
+    eta_seconds: float | None = None
+    gpu_memory_gib: float | None = None
+    peak_gpu_memory_gib: float | None = None
+    estimated_peak_gib: float | None = None
+    model: ModelReady | None = None
+    data: DataReady | None = None
+    checkpoint: str | None = None
+    final_dir: str | None = None
+    train_loss: float | None = None
+    error: str | None = None
+    error_kind: str | None = None
+    traceback: str | None = None
+    first_nonfinite_step: int | None = None
+    logs: deque = field(default_factory=lambda: deque(maxlen=LOG_LINES))
+    """(level, message) pairs, oldest first."""
+    log_count: int = 0
+    """Log lines ever folded (the pane appends only the new ones)."""
+    version: int = 0
+
+    @classmethod
+    def from_events(cls, events: Iterable[Event]) -> "RunState":
+        """Replay a run (e.g. an events.jsonl) into the state the live view would have shown."""
+        state = cls()
+        for event in events:
+            state.fold(event)
+        return state
+
+    @property
+    def final(self) -> bool:
+        return self.status in FINAL_STATUSES
+
+    def set_status(self, status: str) -> None:
+        self.status = status
+        self.version += 1
+
+    def fold(self, event: Event) -> None:
+        """Apply one event. Unknown event types are ignored so newer engines don't break the view."""
+        if isinstance(event, RunStarted):
+            self.run_id, self.run_dir, self.config = event.run_id, event.run_dir, dict(event.config or {})
+            self.resumed_from = event.resumed_from
+            if self.status in ("idle", "starting") or self.final:
+                # A resumed run appends to the same events.jsonl: a new RunStarted opens a new segment.
+                self.status = "running"
+                self.error = self.error_kind = self.traceback = self.final_dir = None
+                self.phase, self.phases_seen = None, []
+            if event.resumed_from:
+                self._drop_after(_checkpoint_step(event.resumed_from))
+        elif isinstance(event, PhaseChanged):
+            if self.phase != event.phase:
+                if event.phase not in self.phases_seen:
+                    self.phases_seen.append(event.phase)
+            self.phase, self.phase_done, self.phase_total = event.phase, event.done, event.total
+            self.phase_message = event.message
+            if self.status in ("idle", "starting"):
+                self.status = "running"
+        elif isinstance(event, ModelReady):
+            self.model = event
+        elif isinstance(event, DataReady):
+            self.data = event
+        elif isinstance(event, StepEnded):
+            self._fold_step(event)
+        elif isinstance(event, EvalEnded):
+            if event.eval_loss is not None:
+                self.eval_losses.append((event.step, event.eval_loss))
+                if not is_finite(event.eval_loss) and self.first_nonfinite_step is None:
+                    self.first_nonfinite_step = event.step
+        elif isinstance(event, CheckpointSaved):
+            self.checkpoint = event.path
+        elif isinstance(event, RunPaused):
+            self.status, self.step = "paused", max(self.step, event.step)
+        elif isinstance(event, RunResumed):
+            if self.status in ("paused", "pausing"):
+                self.status = "running"
+        elif isinstance(event, LogLine):
+            self.logs.append((event.level, event.message))
+            self.log_count += 1
+        elif isinstance(event, RunFinished):
+            self.status = "stopped" if event.stopped else "finished"
+            self.run_dir = event.run_dir or self.run_dir
+            self.final_dir = event.final_dir
+            self.step = max(self.step, event.step)
+            self.max_steps = event.max_steps or self.max_steps
+            self.train_loss = event.train_loss
+            if event.peak_gpu_memory_gib is not None:
+                self.peak_gpu_memory_gib = event.peak_gpu_memory_gib
+            self.estimated_peak_gib = event.estimated_peak_gib
+            self.eta_seconds = None
+        elif isinstance(event, RunFailed):
+            self.status = "failed"
+            self.error, self.error_kind, self.traceback = event.message, event.kind, event.traceback
+            self.run_dir = event.run_dir or self.run_dir
+            if event.step is not None:
+                self.step = max(self.step, event.step)
+            self.eta_seconds = None
+        else:
+            return
+        self.version += 1
+
+    def _drop_after(self, step: int | None) -> None:
+        """Forget points past the resume checkpoint: those steps run again and would be drawn twice."""
+        if step is None:
+            return
+        self.losses = [p for p in self.losses if p[0] <= step]
+        self.eval_losses = [p for p in self.eval_losses if p[0] <= step]
+        self.step = min(self.step, step)
+
+    def _fold_step(self, event: StepEnded) -> None:
+        if self.phase != "training":
+            # Steps mean training is under way even if the engine's PhaseChanged was missed (re-attach, replay).
+            self.phase, self.phase_done, self.phase_total = "training", None, None
+            if "training" not in self.phases_seen:
+                self.phases_seen.append("training")
+        self.step, self.max_steps, self.epoch = event.step, event.max_steps, event.epoch
+        if event.loss is not None:
+            self.loss = event.loss
+            self.losses.append((event.step, event.loss))
+            if not is_finite(event.loss) and self.first_nonfinite_step is None:
+                self.first_nonfinite_step = event.step
+        for name in ("learning_rate", "grad_norm", "tokens_per_second", "step_seconds", "eta_seconds",
+                     "gpu_memory_gib"):
+            value = getattr(event, name)
+            if value is not None or name == "eta_seconds":
+                setattr(self, name, value)
+        self.elapsed_seconds = event.elapsed_seconds
+        if event.gpu_memory_gib is not None:
+            self.peak_gpu_memory_gib = max(self.peak_gpu_memory_gib or 0.0, event.gpu_memory_gib)
+
+
+def _checkpoint_step(path: str) -> int | None:
+    """`.../checkpoint-120` → 120 (None for a path that does not name a checkpoint)."""
+    name = str(path).rstrip("/").rsplit("/", 1)[-1]
+    _, _, digits = name.rpartition("-")
+    return int(digits) if name.startswith("checkpoint-") and digits.isdigit() else None
+
+
+class TrainingSession:
+    """The one training run the App owns: start it, control it, and fold what it reports.
+
+    The worker belongs to the App (a worker started on a Screen dies when the Screen is popped), in the
+    group "training". `handle` must be called on the UI thread (the App's `on_engine_event` does).
+    """
+
+    def __init__(self, app: "App") -> None:
+        self.app = app
+        self.state = RunState()
+        self.control = RunControl()
+        self.config: "RunConfig | None" = None
+        self.worker = None
+        self._done: threading.Event | None = None
+
+    @property
+    def running(self) -> bool:
+        """The training thread is alive (the run may be paused or stopping)."""
+        return self._done is not None and not self._done.is_set()
+
+    def start(self, config: "RunConfig", resume_from: str | None = None) -> None:
+        """Start a run in an App-owned thread worker; returns at once."""
+        if self.running:
+            raise TuneError("A run is already going", self.state.run_id,
+                            "Stop it (s on the run screen) or wait for it to finish before starting another")
+        self.config = config
+        state = RunState()
+        if resume_from:
+            # Show the run's history (curve, log) while the engine reloads it, then continue it live.
+            _replay_history(state, resume_from)
+        state.status, state.resumed_from, state.version = "starting", resume_from, state.version + 1
+        state.error = state.error_kind = state.traceback = None
+        self.state = state
+        self.control = RunControl()
+        self._done = threading.Event()
+        control, done = self.control, self._done
+
+        def work() -> None:
+            emit = self._emit
+            try:
+                # Imported here, in the thread: it pulls torch & co, which must not delay the first frame.
+                from core.training.runner import run
+
+                run(config, emit, control, resume_from=resume_from)
+            except BaseException as exc:  # noqa: BLE001 - the runner never raises; this is an import error or a bug
+                emit(RunFailed(message=f"The training engine could not run: {exc}", kind="error",
+                               traceback=traceback_module.format_exc()))
+            finally:
+                done.set()
+
+        self.worker = self.app.run_worker(work, name="training", group="training", description="training run",
+                                          exclusive=True, thread=True, exit_on_error=False)
+
+    def _emit(self, event: Event) -> None:
+        """Called on the training thread: post and return at once (call_from_thread would block the trainer)."""
+        try:
+            self.app.post_message(EngineEvent(event))
+        except Exception:  # noqa: BLE001 - the app is shutting down; the run still writes events.jsonl
+            pass
+
+    def handle(self, event: Event) -> None:
+        """Fold one event (UI thread) and tell the user about what they must not miss."""
+        state = self.state
+        bad_before = state.first_nonfinite_step
+        state.fold(event)
+        if isinstance(event, RunFinished):
+            if event.stopped:
+                where = f"; checkpoint in {state.checkpoint}" if state.checkpoint else ""
+                self._notify(f"Run stopped at step {event.step}{where}. Resume it from Runs.", "Run stopped")
+            else:
+                where = f" Saved to {event.final_dir}." if event.final_dir else ""
+                self._notify(f"Run finished at step {event.step}.{where}", "Run finished")
+        elif isinstance(event, RunFailed):
+            title = {"out_of_memory": "Out of GPU memory", "user_error": "Run cannot start"}.get(
+                event.kind, "Run failed")
+            self._notify(event.message, title, severity="error", timeout=30)
+        elif bad_before is None and state.first_nonfinite_step is not None:
+            value = event.loss if isinstance(event, StepEnded) else getattr(event, "eval_loss", None)
+            self._notify(f"Loss is {value} at step {state.first_nonfinite_step}: training has diverged. "
+                         "Stop the run and lower train.lr (or turn on gradient clipping).",
+                         "Loss is not finite", severity="warning", timeout=20)
+
+    def _notify(self, message: str, title: str, severity: str = "information", timeout: float = 10) -> None:
+        # markup=False: engine messages contain paths and [brackets] that are not Rich markup.
+        self.app.notify(message, title=title, severity=severity, timeout=timeout, markup=False)
+
+    def pause(self) -> None:
+        if self.running and self.state.status in ("starting", "running"):
+            self.control.pause()
+            self.state.set_status("pausing")
+
+    def resume(self) -> None:
+        if self.running and self.state.status in ("pausing", "paused"):
+            self.control.resume()
+            # RunResumed arrives from the engine when it continues; "pausing" never reached the engine's loop.
+            self.state.set_status("running")
+
+    def toggle_pause(self) -> None:
+        if self.state.status in ("pausing", "paused"):
+            self.resume()
+        else:
+            self.pause()
+
+    def stop(self, save: bool = True) -> None:
+        """Ask the run to stop after the current step (saving a checkpoint unless save=False)."""
+        if self.running:
+            self.control.stop(save=save)
+            if not self.state.final:
+                self.state.set_status("stopping")
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the training thread has ended; True when it has (or none ever started)."""
+        return True if self._done is None else self._done.wait(timeout)
+
+
+def _replay_history(state: RunState, run_dir: str) -> None:
+    """Fold a run folder's events.jsonl into `state` (its curve and log), quietly: no notifications."""
+    root = Path(run_dir)
+    if _checkpoint_step(run_dir) is not None:  # given a checkpoint: its run is two levels up
+        root = root.parent.parent
+    path = root / "events.jsonl"
+    try:
+        events = read_events(path) if path.is_file() else []
+    except OSError:
+        return
+    for event in events:
+        state.fold(event)
+
+
+__all__ = ["EngineEvent", "RunState", "TrainingSession", "is_finite", "FINAL_STATUSES", "LOG_LINES"]
