@@ -1,0 +1,348 @@
+"""The tunetui App: navigation between screens, the draft RunConfig, the GPU poll and the training session.
+
+How screens hear from the App (for the run / monitor / runs screens too):
+
+- `SnapshotTaken(snapshot)`: a thread worker samples `app.sampler` every POLL_SECONDS (the first right after the
+  first frame) and posts it to the App, which stores it in `app.snapshot` and forwards a fresh `SnapshotTaken` to
+  the active screen (`app.screen`) only. A screen that becomes active later reads `app.snapshot` in its
+  `on_screen_resume`.
+- `ConfigChanged(config)`: `app.set_config()` stores the new draft and posts one to every screen that exists, so a
+  hidden screen is current when it is shown again.
+- Engine events arrive as `tui.session.EngineEvent` (posted to the App by the training thread) and are folded by
+  `app.session.handle`; screens redraw from `app.session.state` on their own timer.
+
+Screens are Textual modes (one stack each, created on first visit, kept afterwards), so each keeps its state when
+the user moves between them and may push its own dialogs.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import signal
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from textual.app import App, ScreenStackError, SystemCommand
+from textual.binding import Binding
+from textual.message import Message
+from textual.screen import Screen
+
+from core.config import DataSpec, LoraSpec, MethodSpec, OutputSpec, RunConfig, TrainSpec, load
+from core.errors import TuneError
+
+log = logging.getLogger(__name__)
+
+POLL_SECONDS = 1.5
+"""How often the GPU / host sampler runs (NVML calls take milliseconds; the poll never blocks input)."""
+
+DEMO_DATA = "demo:alpaca_en"
+HANG_UP_GRACE_SECONDS = 2.0
+"""After a hang-up and the end of the run, how long the UI gets to close itself before the process just ends."""
+
+# name -> (module under tui.screens, class, title); the order is the order of the number keys.
+SCREENS: dict[str, tuple[str, str, str]] = {
+    "model": ("model", "ModelScreen", "Model"),
+    "method": ("method", "MethodScreen", "Method"),
+    "data": ("data", "DataScreen", "Data"),
+    "review": ("review", "ReviewScreen", "Review"),
+    "run": ("run", "RunScreen", "Run"),
+    "monitor": ("monitor", "MonitorScreen", "Monitor"),
+    "runs": ("runs", "RunsScreen", "Runs"),
+}
+SETUP_ORDER = ("model", "method", "data", "review")
+"""Where Enter leads on the set-up screens."""
+
+
+class ConfigChanged(Message, bubble=False):
+    """The draft config changed (posted to every existing screen by `TuneApp.set_config`)."""
+
+    def __init__(self, config: RunConfig) -> None:
+        super().__init__()
+        self.config = config
+
+
+class HungUp(Message, bubble=False):
+    """SIGHUP arrived (posted by the signal handler so the App reacts on its own loop)."""
+
+
+class SnapshotTaken(Message, bubble=False):
+    """A fresh GPU/host sample (core.resources.gpus.Snapshot)."""
+
+    def __init__(self, snapshot: Any) -> None:
+        super().__init__()
+        self.snapshot = snapshot
+
+
+def default_config(output_dir: str | None = None) -> RunConfig:
+    """The draft the app opens with: presets/demo.yaml (the built-in demo model, LoRA, the alpaca demo data; well
+    under a minute on a CPU). Written out here because an installed app has no presets folder; a test keeps the
+    two equal."""
+    config = RunConfig(
+        method=MethodSpec(kind="lora", lora=LoraSpec(r=16, alpha=32, dropout=0.0)),
+        data=DataSpec(path=DEMO_DATA, max_length=128, val_size=16),
+        train=TrainSpec(max_steps=30, batch_size=8, lr=5e-3, warmup_ratio=0.05, eval_steps=10, save_steps=10),
+    )
+    if output_dir:
+        config = replace(config, output=OutputSpec(dir=output_dir))
+    return config
+
+
+def _screen_factory(name: str) -> Callable[[], Screen]:
+    module_name, class_name, _title = SCREENS[name]
+
+    def make() -> Screen:
+        # Imported on first visit so the first frame only pays for the screen it shows.
+        module = importlib.import_module(f"tui.screens.{module_name}")
+        return getattr(module, class_name)()
+
+    return make
+
+
+def _screen_bindings() -> list[Binding]:
+    # Not in the footer: the top bar of every screen shows each digit beside its screen's name (and the palette
+    # lists them). Seven more footer keys made every screen switch ~2x slower: the footer is rebuilt each time.
+    return [Binding(str(i), f"app.show('{name}')", title, show=False)
+            for i, (name, (_m, _c, title)) in enumerate(SCREENS.items(), start=1)]
+
+
+class TuneApp(App):
+    """The terminal app. One instance per process; the CLI and the tests build it with `create_app`."""
+
+    TITLE = "tunetui"
+    CSS_PATH = "tunetui.tcss"
+    MODES = {name: _screen_factory(name) for name in SCREENS}
+    BINDINGS = [*_screen_bindings(), Binding("ctrl+q", "quit", "Quit", priority=True)]
+
+    def __init__(self, config: RunConfig | None = None, *, sampler: Any = None, output_dir: str | None = None,
+                 models_dir: str | None = None, start_screen: str | None = None, config_path: str | None = None,
+                 warm_imports: bool = False) -> None:
+        """`config_path`: a YAML file to open on the Review screen; if it cannot be loaded, its TuneError message
+        is kept in `config_error` and shown there. `warm_imports`: import the training stack in the background
+        after the first frame (the CLI does; tests that never train skip the cost)."""
+        config_error: str | None = None
+        if config is None and config_path:
+            try:
+                config = load(config_path)
+            except TuneError as exc:
+                config_error = str(exc)
+            start_screen = start_screen or "review"
+        if start_screen is not None and start_screen not in SCREENS:
+            raise ValueError(f"unknown screen {start_screen!r}; use one of {', '.join(SCREENS)}")
+        self.start_screen = start_screen or "model"
+        # The first screen is the App's starting mode, so the first frame is that screen (not a blank default one).
+        self.DEFAULT_MODE = self.start_screen
+        super().__init__()
+        self.config_error = config_error
+        self.config_path: str | None = config_path
+        self.config: RunConfig = config or default_config()
+        if output_dir:
+            self.config = replace(self.config, output=replace(self.config.output, dir=output_dir))
+        self.output_dir: str = output_dir or self.config.output.dir
+        self.models_dir = models_dir
+        self.sampler = sampler
+        """Where GPU/host samples come from; None until the first poll builds a SystemSampler (in the worker, so
+        psutil/NVML never delay the first frame)."""
+        self.snapshot: Any = None
+        self.dataset_rows: int | None = None
+        """Rows of the draft's dataset once the Data screen has read it (the recommender weighs data size)."""
+        from tui.session import TrainingSession
+
+        self.session = TrainingSession(self)
+        self.warm_imports = warm_imports
+        self._exit_when_stopped = False
+
+    # ------------------------------------------------------------------ start-up
+
+    def on_mount(self) -> None:
+        self.call_after_refresh(self._after_first_frame)
+        if not self.is_headless and hasattr(signal, "SIGHUP"):
+            signal.signal(signal.SIGHUP, self._on_sighup)
+
+    def _after_first_frame(self) -> None:
+        self.poll_sampler()
+        self.set_interval(POLL_SECONDS, self.poll_sampler, name="sampler")
+        if self.warm_imports:
+            self.run_worker(_warm_training_imports, thread=True, group="warm-imports", exit_on_error=False)
+
+    def poll_sampler(self) -> None:
+        # Exclusive: a slow NVML call is never overtaken by a queue of newer polls.
+        self.run_worker(self._sample, thread=True, group="sampler", exclusive=True, exit_on_error=False)
+
+    def _sample(self) -> None:
+        try:
+            if self.sampler is None:
+                from core.resources.gpus import SystemSampler
+
+                self.sampler = SystemSampler()
+            snapshot = self.sampler.sample()
+        except Exception:  # noqa: BLE001 - a broken sampler must not take the app down; the log says why
+            log.exception("GPU/host sampling failed")
+            return
+        self.post_message(SnapshotTaken(snapshot))
+
+    def on_snapshot_taken(self, message: SnapshotTaken) -> None:
+        self.snapshot = message.snapshot
+        try:
+            screen = self.screen
+        except ScreenStackError:  # shutting down: the screens are gone
+            return
+        screen.post_message(SnapshotTaken(message.snapshot))
+
+    # ------------------------------------------------------------------ the draft config and navigation
+
+    def set_config(self, new_config: RunConfig) -> None:
+        """Store a new draft and tell every existing screen."""
+        self.config = new_config
+        for screen in self._existing_screens():
+            screen.post_message(ConfigChanged(new_config))
+
+    def _existing_screens(self) -> Iterable[Screen]:
+        for stack in self._screen_stacks.values():
+            yield from stack
+
+    def show(self, name: str) -> None:
+        """Bring a screen to the front by name (model, method, data, review, run, monitor, runs)."""
+        if name not in SCREENS:
+            raise ValueError(f"unknown screen {name!r}; use one of {', '.join(SCREENS)}")
+        self.switch_mode(name)
+
+    def action_show(self, name: str) -> None:
+        self.show(name)
+
+    def show_next(self, after: str) -> None:
+        """Enter on a set-up screen: go to the next one."""
+        index = SETUP_ORDER.index(after)
+        self.show(SETUP_ORDER[min(index + 1, len(SETUP_ORDER) - 1)])
+
+    def launch(self, config: RunConfig | None = None, resume_from: str | None = None) -> bool:
+        """Start a run of `config` (default: the draft) and show the run screen; False when one is already going."""
+        config = config or self.config
+        if self.session.running:
+            self.notify("A run is already going. Stop it on the Run screen (5) before launching another.",
+                        title="Cannot launch", severity="warning")
+            self.show("run")
+            return False
+        try:
+            from core.catalog import remember_model
+
+            remember_model(config.model.name_or_path)
+        except Exception:  # noqa: BLE001 - the recent-models list is a convenience; never block a launch on it
+            log.exception("could not remember the model")
+        self.session.start(config, resume_from=resume_from)
+        self.show("run")
+        return True
+
+    def on_engine_event(self, message: Any) -> None:
+        self.session.handle(message.event)
+
+    # ------------------------------------------------------------------ command palette
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        for i, (name, (_m, _c, title)) in enumerate(SCREENS.items(), start=1):
+            yield SystemCommand(f"Go to {title}", f"Show the {title} screen (key {i})",
+                                lambda name=name: self.show(name))
+        yield SystemCommand("Launch", "Start training the current config and show the Run screen",
+                            lambda: self.launch())
+        # The active screen's own actions (launch, save, pause, stop, ...), so the palette lists them all.
+        seen = set()
+        for key, active in screen.active_bindings.items():
+            binding = active.binding
+            if not binding.description or active.node is self or binding.action in seen:
+                continue
+            seen.add(binding.action)
+            yield SystemCommand(binding.description, f"Key: {self.get_key_display(binding)}",
+                                lambda node=active.node, action=binding.action: self.run_action(action, node))
+        yield from super().get_system_commands(screen)
+
+    # ------------------------------------------------------------------ leaving
+
+    async def action_quit(self) -> None:
+        if self._exit_when_stopped:
+            self.exit()  # second ctrl+q while stopping: leave now; the thread still finishes its checkpoint
+            return
+        if not self.session.running:
+            self.exit()
+            return
+        from tui.widgets.confirm import ConfirmScreen
+
+        def answered(stop: bool | None) -> None:
+            if stop:
+                self.stop_run_and_exit()
+
+        self.push_screen(ConfirmScreen("A run is going. Stop it (saving a checkpoint) and quit?",
+                                       yes="Stop and quit", no="Keep training"), answered)
+
+    def stop_run_and_exit(self) -> None:
+        """Stop the run with a checkpoint and exit once the training thread has ended."""
+        self.session.stop(save=True)
+        self._exit_when_stopped = True
+        self.notify("Stopping the run and saving a checkpoint; the app closes when it is written. "
+                    "Ctrl+Q again leaves at once.", title="Stopping", timeout=60)
+        self.set_interval(0.2, self._exit_if_stopped, name="exit-when-stopped")
+
+    def _exit_if_stopped(self) -> None:
+        if not self.session.running:
+            self.exit()
+
+    def hang_up(self) -> None:
+        """The terminal went away: checkpoint the run (if any) and leave."""
+        log.warning("terminal hung up; stopping")
+        if self.session.running:
+            self.stop_run_and_exit()
+        else:
+            self.exit()
+
+    def on_hung_up(self, message: HungUp) -> None:
+        self.hang_up()
+
+    def _on_sighup(self, signum: int, frame: Any) -> None:
+        """SIGHUP (the SSH connection dropped). A plain signal handler, not the event loop's: once the terminal is
+        gone, a write can block the UI thread for good, and the run must still stop with a checkpoint."""
+        self.session.stop(save=True)  # thread-safe flags; the trainer checkpoints at the end of its step
+        self.post_message(HungUp())  # the rest happens on the UI loop, in the App's context
+        threading.Thread(target=self._leave_after_hang_up, name="hang-up", daemon=True).start()
+
+    def _leave_after_hang_up(self) -> None:
+        # With no terminal, shutting the UI down may never finish (Textual writes its goodbye to a dead tty).
+        # Once the run has ended (checkpoint written, events.jsonl closed), nothing is left to save: leave.
+        self.session.wait()
+        time.sleep(HANG_UP_GRACE_SECONDS)  # a clean exit usually wins this race
+        os._exit(128 + signal.SIGHUP)
+
+
+def _warm_training_imports() -> None:
+    """Import the training stack after the first frame so Launch does not wait for torch & co."""
+    try:
+        importlib.import_module("core.training.runner")
+    except Exception:  # noqa: BLE001 - Launch imports it again and reports the problem as a failed run
+        log.exception("warming the training imports failed")
+
+
+def create_app(config: RunConfig | None = None, *, sampler: Any = None, output_dir: str | None = None,
+               models_dir: str | None = None, start_screen: str | None = None, config_path: str | None = None,
+               warm_imports: bool = False) -> TuneApp:
+    """The one way to build the app, shared by the CLI and the tests."""
+    models_dir = models_dir or os.environ.get("TUNETUI_MODELS_DIR")
+    return TuneApp(config, sampler=sampler, output_dir=output_dir, models_dir=models_dir,
+                   start_screen=start_screen, config_path=config_path, warm_imports=warm_imports)
+
+
+def main(config_path: str | None = None, output_dir: str | None = None) -> int:
+    """`tunetui [CONFIG.yaml]`: run the app; returns the exit code."""
+    app = create_app(config_path=config_path, output_dir=output_dir, warm_imports=True)
+    try:
+        app.run()
+    finally:
+        # However the app ended (quit, hang-up, crash), never leave a run without its checkpoint.
+        if app.session.running:
+            app.session.stop(save=True)
+        app.session.wait()
+    return app.return_code or 0
+
+
+__all__ = ["TuneApp", "ConfigChanged", "SnapshotTaken", "create_app", "main", "default_config", "SCREENS",
+           "SETUP_ORDER", "POLL_SECONDS", "DEMO_DATA"]

@@ -1,0 +1,261 @@
+"""Data screen: pick a file (DirectoryTree) or type a path / hub id; see the detected format (changeable), a few
+examples exactly as the model will see them with the trained-on tokens lit, token-length stats, what max_length
+truncates or drops, and the validation split.
+
+Tokenizing needs transformers and datasets, so the preview runs in a thread worker (debounced while typing).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable
+
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.content import Content
+from textual.timer import Timer
+from textual.widgets import DirectoryTree, Input, Select, Static
+from textual.worker import Worker, WorkerState
+
+from core.config import FORMATS, RunConfig
+from core.errors import TuneError
+from tui.screens.setup_base import SetupScreen, human_count, parse_number
+
+PREVIEW_EXAMPLES = 3
+PREVIEW_HEAD_LINES, PREVIEW_TAIL_LINES = 8, 3
+PREVIEW_DELAY_SECONDS = 0.3
+"""Wait this long after the last keystroke before tokenizing again."""
+DATA_SUFFIXES = {".json", ".jsonl", ".csv", ".tsv", ".parquet", ".txt", ".arrow"}
+
+TRAINED_STYLE = "bold $text-success"
+PROMPT_STYLE = "$text-muted"
+
+
+class DataTree(DirectoryTree):
+    """Folders and data files only; hidden entries left out."""
+
+    def filter_paths(self, paths: Iterable[Path]) -> Iterable[Path]:
+        return [p for p in paths if not p.name.startswith(".")
+                and (p.is_dir() or p.suffix.lower() in DATA_SUFFIXES)]
+
+
+class DataScreen(SetupScreen):
+    AUTO_FOCUS = "#data-preview"
+    NAME = "data"
+    BINDINGS = [
+        Binding("enter", "next", "Next"),
+        Binding("slash", "focus_path", "Type a path"),
+        Binding("ctrl+t", "focus_tree", "Files"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.previewed: Any = None
+        """The last core.training.data.Preview shown (None before the first one or after an error)."""
+        self.preview_error: str | None = None
+        self.previewed_key: tuple | None = None
+        """What the preview should be made from (model, data settings); a new preview starts when it changes."""
+        self.shown_key: tuple | None = None
+        """What the preview on screen (or its error) was made from: up to date when equal to previewed_key."""
+        self._pending: Timer | None = None
+        self._tokenizers: dict[str, Any] = {}
+
+    def compose_body(self) -> ComposeResult:
+        with Horizontal(id="data-body"):
+            yield DataTree(Path.cwd(), id="data-tree")
+            with Vertical(id="data-right"):
+                with Horizontal(classes="form-row"):
+                    yield Static("Data", classes="label-short")
+                    yield Input(placeholder="file, folder or hub dataset id, Enter", id="data-path",
+                                compact=True)
+                with Horizontal(classes="form-row"):
+                    yield Static("Format", classes="label-short")
+                    yield Select([(f, f) for f in FORMATS], id="data-format", allow_blank=False, compact=True)
+                    yield Static(id="data-detected", classes="hint", markup=False)
+                with Horizontal(classes="form-row"):
+                    yield Static("Max len", classes="label-short")
+                    yield Input(id="data-max-length", compact=True, classes="number")
+                    yield Static("Val split", classes="label-short")
+                    yield Input(id="data-val-size", compact=True, classes="number")
+                    yield Static(id="data-val-rows", classes="hint", markup=False)
+                yield Static(id="data-error", classes="error", markup=False)
+                yield Static(id="data-stats", markup=False)
+                with VerticalScroll(id="data-preview"):
+                    yield Static(id="data-examples")
+
+    def on_mount(self) -> None:
+        super().on_mount()
+        self.query_one("#data-error").display = False
+
+    @property
+    def error_box(self) -> Static:
+        return self.query_one("#data-error", Static)
+
+    # ------------------------------------------------------------ editing
+
+    def action_focus_path(self) -> None:
+        self.query_one("#data-path", Input).focus()
+
+    def action_focus_tree(self) -> None:
+        self.query_one("#data-tree").focus()
+
+    @on(DirectoryTree.FileSelected)
+    def _file_chosen(self, event: DirectoryTree.FileSelected) -> None:
+        event.stop()
+        path = event.path
+        try:
+            path = path.relative_to(Path.cwd())
+        except ValueError:
+            pass
+        self.apply({"data.path": str(path)}, self.error_box, self.query_one("#data-path", Input))
+
+    @on(Input.Submitted, "#data-path")
+    def _path_typed(self, event: Input.Submitted) -> None:
+        event.stop()
+        self.apply({"data.path": event.value.strip()}, self.error_box, event.input)
+        self.query_one("#data-preview").focus()
+
+    @on(Input.Changed, "#data-max-length")
+    def _max_length_changed(self, event: Input.Changed) -> None:
+        self.apply({"data.max_length": parse_number(event.value)}, self.error_box, event.input)
+
+    @on(Input.Changed, "#data-val-size")
+    def _val_size_changed(self, event: Input.Changed) -> None:
+        self.apply({"data.val_size": parse_number(event.value)}, self.error_box, event.input)
+
+    @on(Select.Changed, "#data-format")
+    def _format_changed(self, event: Select.Changed) -> None:
+        if event.value is not Select.NULL:
+            self.apply({"data.format": event.value}, self.error_box)
+
+    def show_config(self, config: RunConfig, from_self: bool) -> None:
+        d = config.data
+        if not from_self:
+            self.forget_errors(self.error_box)
+            for wid, value in (("data-path", d.path), ("data-max-length", str(d.max_length)),
+                               ("data-val-size", _number_text(d.val_size))):
+                field = self.query_one(f"#{wid}", Input)
+                field.remove_class("-invalid")
+                if field.value != value:
+                    field.value = value
+            select = self.query_one("#data-format", Select)
+            if select.value != d.format:
+                select.value = d.format
+        self._show_val_rows()
+        key = _preview_key(config)
+        if key != self.previewed_key:
+            self.previewed_key = key
+            self._schedule_preview()
+
+    # ------------------------------------------------------------ the preview
+
+    def _schedule_preview(self) -> None:
+        if self._pending is not None:
+            self._pending.stop()
+        self._pending = self.set_timer(PREVIEW_DELAY_SECONDS, self._start_preview)
+
+    def _start_preview(self) -> None:
+        self._pending = None
+        config = self.config
+        if not config.data.path.strip():
+            self.previewed, self.preview_error = None, "No data yet: pick a file on the left or type a path."
+            self.shown_key = self.previewed_key
+            self._render_preview()
+            return
+        self.query_one("#data-stats", Static).update("Reading and tokenizing…")
+        key = _preview_key(config)
+        self.run_worker(lambda: self._make_preview(config, key), name="preview", thread=True,
+                        group="data-preview", exclusive=True, exit_on_error=False)
+
+    def _make_preview(self, config: RunConfig, key: tuple) -> tuple[tuple, Any, str | None]:
+        from core import demo
+        from core.training.data import preview
+        from core.training.models import load_tokenizer
+
+        try:
+            name = config.model.name_or_path
+            if name not in self._tokenizers:
+                # The demo's tokenizer ships in core/assets: no need to build the demo weights for a preview.
+                where = demo.TOKENIZER_DIR if demo.is_demo(name) and demo.demo_name(name) in demo.DEMO_NAMES else None
+                self._tokenizers[name] = load_tokenizer(config.model, where)
+            return key, preview(config.data, self._tokenizers[name], PREVIEW_EXAMPLES), None
+        except TuneError as exc:
+            return key, None, str(exc)
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        worker = event.worker
+        if worker.name != "preview" or worker.state not in (WorkerState.SUCCESS, WorkerState.ERROR):
+            return
+        if worker.state == WorkerState.ERROR:
+            key, result, error = self.previewed_key, None, f"The preview failed: {worker.error!r}"
+        else:
+            key, result, error = worker.result
+        if key != self.previewed_key:
+            return  # the settings changed meanwhile; a newer preview is on its way
+        self.previewed, self.preview_error, self.shown_key = result, error, key
+        if result is not None:
+            self.app.dataset_rows = result.rows
+        self._render_preview()
+
+    def _render_preview(self) -> None:
+        stats_box = self.query_one("#data-stats", Static)
+        examples_box = self.query_one("#data-examples", Static)
+        detected = self.query_one("#data-detected", Static)
+        p = self.previewed
+        if p is None:
+            stats_box.update("")
+            detected.update("")
+            examples_box.update(Content.styled(self.preview_error or "", "$error"))
+            self._show_val_rows()
+            return
+        detected.update(f"detected: {p.format}" if self.config.data.format == "auto" else f"reading as {p.format}")
+        s = p.stats
+        limit = self.config.data.max_length
+        sampled = s["examples"] + s["dropped"]
+        rows = "? rows (streamed)" if p.rows is None else f"{human_count(p.rows)} rows"
+        stats_box.update(
+            f"{rows}. Tokens in the first {sampled}: min {s['min']}, median {s['median']}, p95 {s['p95']}, "
+            f"max {s['max']}; max_length {limit} truncates {s['truncated']}, drops {s['dropped']}.")
+        parts: list[Content] = [Content.assemble(("trained on", TRAINED_STYLE), ("  prompt (masked)", PROMPT_STYLE))]
+        for i, segments in enumerate(p.examples, start=1):
+            parts.append(Content.styled(f"── example {i} ", "dim"))
+            example = Content.assemble(*[(text, TRAINED_STYLE if trained else PROMPT_STYLE)
+                                         for text, trained in segments])
+            parts += _head_and_tail(example.split("\n", allow_blank=True))
+        examples_box.update(Content("\n").join(parts))
+        self._show_val_rows()
+
+    def _show_val_rows(self) -> None:
+        box = self.query_one("#data-val-rows", Static)
+        d = self.config.data
+        if d.val_path:
+            box.update(f"from {d.val_path}")
+        elif not d.val_size:
+            box.update("none")
+        elif self.previewed is None or self.previewed.rows is None:
+            box.update("")
+        else:
+            rows = self.previewed.rows
+            count = int(d.val_size) if d.val_size >= 1 else round(rows * d.val_size)
+            box.update(f"{count} rows")
+
+
+def _head_and_tail(lines: list[Content]) -> list[Content]:
+    """A long example as its start (the template, the prompt) and its end (where EOS must be), with the middle
+    counted: a screenful of wrapped text makes every repaint of this screen slow."""
+    if len(lines) <= PREVIEW_HEAD_LINES + PREVIEW_TAIL_LINES + 1:
+        return lines
+    hidden = len(lines) - PREVIEW_HEAD_LINES - PREVIEW_TAIL_LINES
+    return [*lines[:PREVIEW_HEAD_LINES], Content.styled(f"  … {hidden} more lines …", "dim italic"),
+            *lines[-PREVIEW_TAIL_LINES:]]
+
+
+def _preview_key(config: RunConfig) -> tuple:
+    d = config.data
+    return (config.model.name_or_path, d.path, d.format, d.max_length, d.max_samples, d.text_column,
+            d.label_column, d.system_prompt)
+
+
+def _number_text(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)

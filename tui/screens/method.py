@@ -1,0 +1,376 @@
+"""Method screen: Full / Freeze / LoRA / QLoRA side by side with their estimated peak memory against this machine's
+free GPU memory and the recommended one; per-method settings, validated, that update the estimate as they change.
+
+The estimator and recommender are pure Python (core.resources), so they run on the UI thread on every change;
+only reading the model's shape (a config.json) happens in a thread worker.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.content import Content
+from textual.events import Click
+from textual.widget import Widget
+from textual.widgets import Checkbox, Input, Select, SelectionList, Static
+from textual.worker import Worker, WorkerState
+
+from core.config import METHODS, RunConfig
+from core.errors import TuneError
+from tui.screens.setup_base import SetupScreen, get_value, human_count, parse_number, update_if_changed
+
+TITLES = {"full": "Full", "freeze": "Freeze", "lora": "LoRA", "qlora": "QLoRA"}
+# Three short lines at 80 columns, one when wide.
+TRADE_OFFS = {
+    "full": "Every weight trains; most memory.",
+    "freeze": "Top blocks train; cheap, for small data.",
+    "lora": "Adapters on a frozen base; the default.",
+    "qlora": "LoRA on a 4-bit base; least memory.",
+}
+FIT_WORDS = {"fits": ("fits", "$success"), "tight": ("tight", "$warning"), "no": ("won't fit", "$error")}
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+OPTIMS = (("AdamW (32-bit)", "adamw"), ("AdamW 8-bit", "adamw8bit"), ("Paged AdamW 8-bit", "paged_adamw8bit"))
+
+# widget id -> dotted config key, for the fields typed as text
+TEXT_FIELDS = {
+    "freeze-layers": "method.freeze.trainable_layers",
+    "lora-r": "method.lora.r",
+    "lora-alpha": "method.lora.alpha",
+    "lora-dropout": "method.lora.dropout",
+}
+# widget id -> dotted config key, for checkboxes and selects
+CHOICE_FIELDS = {
+    "lora-rslora": "method.lora.use_rslora",
+    "lora-dora": "method.lora.use_dora",
+    "quant-bits": "method.quant.bits",
+    "quant-type": "method.quant.type",
+    "quant-double": "method.quant.double_quant",
+    "quant-compute": "method.quant.compute_dtype",
+    "mem-gc": "train.gradient_checkpointing",
+    "mem-optim": "train.optim",
+}
+FREEZE_EXTRAS = ("norm", "embed_tokens", "lm_head")
+BREAKDOWN_MIN_WIDTH = 120
+
+
+class MethodCard(Static):
+    """One method: its trade-off, estimated peak and whether it fits. Click to choose it."""
+
+    def __init__(self, method: str) -> None:
+        super().__init__(id=f"card-{method}", classes="method-card")
+        self.method = method
+        self.border_title = TITLES[method]
+
+    def on_click(self, event: Click) -> None:
+        self.screen.choose(self.method)
+
+
+class MethodCards(Horizontal, can_focus=True):
+    """The four cards; ←/→ choose the method while this has focus (Enter then goes on to Data)."""
+
+    BINDINGS = [Binding("left", "step(-1)", "Method", key_display="←→"),
+                Binding("right", "step(1)", "Next method", show=False)]
+
+    def action_step(self, delta: int) -> None:
+        screen = self.screen
+        index = METHODS.index(screen.config.method.kind)
+        screen.choose(METHODS[(index + delta) % len(METHODS)])
+
+
+class MethodScreen(SetupScreen):
+    AUTO_FOCUS = "#method-cards"
+    NAME = "method"
+    BINDINGS = [Binding("enter", "next", "Next")]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shape: Any = None
+        self.shape_for: str | None = None
+        self.shape_error: str | None = None
+        self.recommendation: Any = None
+        self.estimates: dict[str, Any] = {}
+
+    def compose_body(self) -> ComposeResult:
+        with MethodCards(id="method-cards"):
+            for method in METHODS:
+                yield MethodCard(method)
+        yield Static(id="method-reason", markup=False)
+        yield Static(id="method-error", classes="error", markup=False)
+        with Horizontal(id="method-lower"):
+            with VerticalScroll(id="method-settings"):
+                yield from self._compose_settings()
+            yield Static(id="method-breakdown")
+
+    def _compose_settings(self) -> ComposeResult:
+        with Vertical(id="group-full", classes="method-group"):
+            yield Static("All weights train. If it does not fit, turn on the memory savers below.", classes="hint")
+        with Vertical(id="group-freeze", classes="method-group"):
+            with Horizontal(classes="form-row"):
+                yield Static("Trainable layers", classes="label")
+                yield Input(id="freeze-layers", compact=True, classes="number")
+                yield Static(id="freeze-which", classes="hint", markup=False)
+            with Horizontal(classes="form-row"):
+                yield Static("Also train", classes="label")
+                for name in FREEZE_EXTRAS:
+                    yield Checkbox(name, id=f"freeze-extra-{name}", compact=True)
+        with Vertical(id="group-quant", classes="method-group"):
+            with Horizontal(classes="form-row"):
+                yield Static("Base weights", classes="label")
+                yield Select([("4-bit", 4), ("8-bit", 8)], id="quant-bits", allow_blank=False, compact=True)
+                yield Select([("nf4", "nf4"), ("fp4", "fp4")], id="quant-type", allow_blank=False, compact=True)
+                yield Checkbox("double quant", id="quant-double", compact=True)
+            with Horizontal(classes="form-row"):
+                yield Static("Compute dtype", classes="label")
+                yield Select([(d, d) for d in DTYPES], id="quant-compute", allow_blank=False, compact=True)
+        with Vertical(id="group-lora", classes="method-group"):
+            with Horizontal(classes="form-row"):
+                yield Static("Rank", classes="label")
+                yield Input(id="lora-r", compact=True, classes="number")
+                yield Static("Alpha", classes="label-short")
+                yield Input(id="lora-alpha", compact=True, classes="number")
+                yield Static("Dropout", classes="label-short")
+                yield Input(id="lora-dropout", compact=True, classes="number")
+            with Horizontal(classes="form-row"):
+                yield Static("Variants", classes="label")
+                yield Checkbox("rsLoRA", id="lora-rslora", compact=True)
+                yield Checkbox("DoRA", id="lora-dora", compact=True)
+            yield Static("Targets (the model's linear layers; all ticked = all-linear)", classes="hint")
+            yield SelectionList(id="lora-targets", compact=True)
+        with Vertical(id="group-memory", classes="method-group"):
+            with Horizontal(classes="form-row"):
+                yield Static("Memory savers", classes="label")
+                yield Checkbox("gradient checkpointing", id="mem-gc", compact=True)
+                yield Select(list(OPTIMS), id="mem-optim", allow_blank=False, compact=True)
+        yield Static(id="method-suggestions", markup=False)
+
+    def on_resize(self) -> None:
+        # The breakdown only has room beside the form on a wide terminal; at 80 columns the form needs it all.
+        self.query_one("#method-breakdown").display = self.size.width >= BREAKDOWN_MIN_WIDTH
+
+    def on_mount(self) -> None:
+        super().on_mount()
+        self.query_one("#method-error").display = False
+
+    # ------------------------------------------------------------ choosing a method
+
+    def choose(self, method: str) -> None:
+        self.apply({"method.kind": method}, self.error_box)
+
+    @property
+    def error_box(self) -> Static:
+        return self.query_one("#method-error", Static)
+
+    # ------------------------------------------------------------ the form
+
+    @on(Input.Changed)
+    def _text_changed(self, event: Input.Changed) -> None:
+        key = TEXT_FIELDS.get(event.input.id or "")
+        if key:
+            self.apply({key: parse_number(event.value)}, self.error_box, event.input)
+            self._show_freeze_which()
+
+    @on(Checkbox.Changed)
+    def _checkbox_changed(self, event: Checkbox.Changed) -> None:
+        wid = event.checkbox.id or ""
+        if wid.startswith("freeze-extra-"):
+            extras = [n for n in FREEZE_EXTRAS if self.query_one(f"#freeze-extra-{n}", Checkbox).value]
+            self.apply({"method.freeze.extra_modules": extras}, self.error_box)
+        elif wid in CHOICE_FIELDS:
+            self.apply({CHOICE_FIELDS[wid]: event.value}, self.error_box)
+
+    @on(Select.Changed)
+    def _select_changed(self, event: Select.Changed) -> None:
+        wid = event.select.id or ""
+        if wid in CHOICE_FIELDS and event.value is not Select.NULL:
+            self.apply({CHOICE_FIELDS[wid]: event.value}, self.error_box)
+
+    @on(SelectionList.SelectedChanged, "#lora-targets")
+    def _targets_changed(self, event: SelectionList.SelectedChanged) -> None:
+        targets = event.selection_list
+        ticked = list(targets.selected)
+        names = [targets.get_option_at_index(i).value for i in range(targets.option_count)]
+        value: Any = "all-linear" if names and len(ticked) == len(names) else ticked
+        self.apply({"method.lora.target_modules": value}, self.error_box, targets)
+
+    def show_config(self, config: RunConfig, from_self: bool) -> None:
+        kind = config.method.kind
+        for method in METHODS:
+            self.query_one(f"#card-{method}").set_class(method == kind, "-selected")
+        self.query_one("#group-full").display = kind == "full"
+        self.query_one("#group-freeze").display = kind == "freeze"
+        self.query_one("#group-lora").display = kind in ("lora", "qlora")
+        self.query_one("#group-quant").display = kind == "qlora"
+        if not from_self:
+            self._fill_form(config)
+        if config.model.name_or_path != self.shape_for:
+            self._load_shape(config.model.name_or_path)
+        self._show_freeze_which()
+        self.refresh_estimates()
+
+    def _fill_form(self, config: RunConfig) -> None:
+        """Set every field from `config` (the draft changed elsewhere or the screen was just built)."""
+        m = config.method
+        self.forget_errors(self.error_box)
+        for wid, key in TEXT_FIELDS.items():
+            field = self.query_one(f"#{wid}", Input)
+            field.remove_class("-invalid")
+            value = str(get_value(config, key))
+            if field.value != value:
+                field.value = value
+        for wid, key in CHOICE_FIELDS.items():
+            widget: Any = self.query_one(f"#{wid}")
+            value = get_value(config, key)
+            if widget.value != value:
+                widget.value = value
+        for name in FREEZE_EXTRAS:
+            box = self.query_one(f"#freeze-extra-{name}", Checkbox)
+            if box.value != (name in m.freeze.extra_modules):
+                box.value = name in m.freeze.extra_modules
+        self._fill_targets(config)
+
+    def _fill_targets(self, config: RunConfig) -> None:
+        targets = self.query_one("#lora-targets", SelectionList)
+        names = list(self.shape.linear_names) if self.shape is not None else []
+        chosen = config.method.lora.target_modules
+        ticked = set(names) if chosen == "all-linear" else set(chosen)
+        # Names in the config that this model lacks are shown too, so a wrong target is visible, not dropped.
+        extra = [] if chosen == "all-linear" else [n for n in chosen if n not in names]
+        with self.prevent(SelectionList.SelectedChanged):
+            targets.clear_options()
+            targets.add_options([(n, n, n in ticked) for n in names + extra])
+
+    # ------------------------------------------------------------ the model's shape and the estimates
+
+    def _load_shape(self, name: str) -> None:
+        self.shape, self.shape_for, self.shape_error = None, name, None
+        trust = self.config.model.trust_remote_code
+        self.run_worker(lambda: _read_shape(name, trust), name="shape", thread=True, group="method-shape",
+                        exclusive=True, exit_on_error=False)
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        worker = event.worker
+        if worker.name != "shape" or worker.state not in (WorkerState.SUCCESS, WorkerState.ERROR):
+            return
+        if worker.state == WorkerState.ERROR:
+            name, shape, error = self.shape_for, None, f"Reading the model's shape failed: {worker.error!r}"
+        else:
+            name, shape, error = worker.result
+        if name != self.config.model.name_or_path:
+            return  # the model changed again meanwhile; its own worker will report
+        self.shape, self.shape_error = shape, error
+        self._fill_targets(self.config)
+        self._show_freeze_which()
+        self.refresh_estimates()
+
+    def snapshot_changed(self, snapshot: Any) -> None:
+        self.refresh_estimates()
+
+    def refresh_estimates(self) -> None:
+        """Recompute the estimate of every method and the recommendation for the draft (pure Python, fast)."""
+        reason = self.query_one("#method-reason", Static)
+        if self.shape is None:
+            self.estimates, self.recommendation = {}, None
+            for method in METHODS:
+                self._show_card(method, None, None)
+            reason.update(self.shape_error or "Reading the model's shape…")
+            reason.set_class(bool(self.shape_error), "error")
+            return
+        from core.resources.estimate import EstimateSettings, estimate_all
+        from core.resources.recommend import recommend
+
+        try:
+            settings = EstimateSettings.from_config(self.config)
+            self.estimates = estimate_all(self.shape, settings)
+            snapshot = self.app.snapshot
+            self.recommendation = None if snapshot is None else recommend(
+                self.shape, settings, snapshot.free_gib(), getattr(self.app, "dataset_rows", None))
+        except TuneError as exc:
+            self.estimates, self.recommendation = {}, None
+            reason.update(str(exc))
+            reason.add_class("error")
+            return
+        reason.remove_class("error")
+        rec = self.recommendation
+        for method in METHODS:
+            self._show_card(method, self.estimates.get(method), rec)
+        if rec is None:
+            update_if_changed(reason, "Checking this machine's GPUs…")
+        else:
+            update_if_changed(reason, f"★ Recommended: {TITLES[rec.method]}. {rec.reason}")
+        self._show_suggestions(rec)
+        self._show_breakdown(self.estimates.get(self.config.method.kind))
+
+    def _show_card(self, method: str, estimate: Any, rec: Any) -> None:
+        card = self.query_one(f"#card-{method}", MethodCard)
+        star = rec is not None and rec.method == method
+        card.border_title = TITLES[method] + (" ★" if star else "")
+        card.set_class(star, "-recommended")
+        # Numbers first, so they line up across the cards whatever the width does to the trade-off line.
+        lines: list[Content] = []
+        if estimate is None:
+            lines += [Content.styled("estimating…", "dim"), Content("")]
+        else:
+            lines.append(Content.assemble((f"{estimate.peak_gib:.1f} GiB", "bold"), " peak"))
+            if rec is None:
+                lines.append(Content.styled("checking GPU…", "dim"))
+            else:
+                word, style = FIT_WORDS.get(rec.fit.get(method, ""), (rec.fit.get(method, "?"), ""))
+                if rec.no_gpu:  # without a GPU the verdict is about training on this CPU
+                    word = "CPU: ok" if rec.fit.get(method) == "fits" else "CPU: too big"
+                lines.append(Content.styled(word, f"bold {style}"))
+        lines += [Content(""), Content.styled(TRADE_OFFS[method], "$text-muted")]
+        update_if_changed(card, Content("\n").join(lines), layout=False)  # cards have a fixed size
+
+    def _show_breakdown(self, e: Any) -> None:
+        """Where the selected method's memory goes, and what trains."""
+        box = self.query_one("#method-breakdown", Static)
+        if e is None:
+            box.update("")
+            return
+        t, d = self.config.train, self.config.data
+        rows = [("weights", e.weights_gib), ("grads + optimizer", e.trainable_state_gib),
+                ("activations", e.activations_gib), ("logits + loss", e.logits_gib), ("overhead", e.overhead_gib)]
+        lines = [Content.styled(f"{TITLES[e.method]}, batch {t.batch_size} × {d.max_length} tokens", "bold"), Content("")]
+        lines += [Content.assemble((f"{label:<18}", "dim"), f"{gib:6.2f} GiB") for label, gib in rows]
+        lines.append(Content.assemble((f"{'peak':<18}", "bold"), (f"{e.peak_gib:6.2f} GiB", "bold")))
+        share = e.trainable_params / e.total_params if e.total_params else 0.0
+        lines += [Content(""), Content(f"trains {human_count(e.trainable_params)} of {human_count(e.total_params)} "
+                                       f"weights ({share:.1%})")]
+        lines += [Content.styled(f"• {note}", "$text-muted") for note in e.notes]
+        update_if_changed(box, Content("\n").join(lines))
+
+    def _show_suggestions(self, rec: Any) -> None:
+        box = self.query_one("#method-suggestions", Static)
+        lines = []
+        for s in (rec.suggestions if rec is not None else ())[:4]:
+            verdict = "fits" if s.fits else "still too big"
+            lines.append(f"{TITLES.get(s.method, s.method)} with {s.change}: {s.peak_gib:.1f} GiB ({verdict})")
+        update_if_changed(box, "\n".join(lines))
+        box.display = bool(lines)
+
+    def _show_freeze_which(self) -> None:
+        """Say which blocks a freeze run trains, e.g. 'blocks 2-3 of 0-3 (the top 2)'."""
+        which = self.query_one("#freeze-which", Static)
+        n = self.config.method.freeze.trainable_layers
+        layers = getattr(self.shape, "num_layers", None) if self.shape is not None else None
+        if not layers:
+            which.update("")
+            return
+        count = min(abs(n), layers)
+        first, last = (layers - count, layers - 1) if n > 0 else (0, count - 1)
+        side = "top" if n > 0 else "bottom"
+        span = f"block {first}" if first == last else f"blocks {first}-{last}"
+        which.update(f"trains {span} of {layers} (the {side} {count})")
+
+
+def _read_shape(name: str, trust_remote_code: bool) -> tuple[str, Any, str | None]:
+    from core.resources.estimate import load_shape
+
+    try:
+        return name, load_shape(name, trust_remote_code), None
+    except TuneError as exc:
+        return name, None, str(exc)
+

@@ -1,0 +1,328 @@
+"""Review & launch screen: the resolved config as YAML, the equivalent `tunetui train` command line, batch / steps /
+learning-rate / output settings, save as a preset, and Launch (focused, so Enter launches)."""
+from __future__ import annotations
+
+import math
+import shlex
+from pathlib import Path
+from typing import Any
+
+from rich.syntax import Syntax
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.content import Content
+from textual.widgets import Button, Input, Static
+from textual.worker import Worker, WorkerState
+
+from core.config import RunConfig, dump_yaml, load, save, to_dict
+from core.errors import TuneError
+from tui.screens.setup_base import SetupScreen, get_value, parse_number, update_if_changed
+
+# widget id -> dotted key; numbers are read like YAML values, text fields are kept as typed
+NUMBER_FIELDS = {
+    "train-batch-size": "train.batch_size",
+    "train-grad-accum": "train.grad_accum",
+    "train-max-steps": "train.max_steps",
+    "train-epochs": "train.epochs",
+    "train-lr": "train.lr",
+}
+TEXT_FIELDS = {"output-dir": "output.dir", "output-run-name": "output.run_name"}
+DEFAULT_PRESET = "tunetui-run.yaml"
+DEMO_PRESET = "presets/demo.yaml"
+
+
+def flatten(raw: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def set_value(value: Any) -> str:
+    """A value as YAML, the way `--set key=value` reads it."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(set_value(v) for v in value) + "]"
+    return str(value)
+
+
+def _method_words(config: RunConfig) -> str:
+    m = config.method
+    lora = f"r={m.lora.r}, alpha={m.lora.alpha}, " + (
+        "all-linear" if m.lora.target_modules == "all-linear" else ", ".join(m.lora.target_modules))
+    return {
+        "full": "Full (every weight trains)",
+        "freeze": f"Freeze ({'top' if m.freeze.trainable_layers > 0 else 'bottom'} "
+                  f"{abs(m.freeze.trainable_layers)} blocks train)",
+        "lora": f"LoRA ({lora})",
+        "qlora": f"QLoRA ({m.quant.bits}-bit {m.quant.type if m.quant.bits == 4 else 'int8'}, {lora})",
+    }[m.kind]
+
+
+def train_command(config: RunConfig, base_path: str, base: RunConfig) -> str:
+    """`tunetui train BASE --set ...`: the settings of `config` that differ from the file `base_path` (holding
+    `base`), so the line reproduces this run headless."""
+    old, new = flatten(to_dict(base)), flatten(to_dict(config))
+    sets = [f"--set {shlex.quote(f'{key}={set_value(value)}')}" for key, value in new.items()
+            if old.get(key) != value]
+    return " ".join(["tunetui", "train", shlex.quote(base_path), *sets])
+
+
+class ReviewScreen(SetupScreen):
+    AUTO_FOCUS = "#launch"
+    NAME = "review"
+    # Review is the last set-up step, so Enter (outside a text field) launches: Enter-Enter-Enter-Enter from the
+    # Model screen trains the demo even when typed ahead of the screens appearing.
+    BINDINGS = [
+        Binding("l", "launch", "Launch"),
+        Binding("enter", "launch", "Launch", show=False),  # the focused Launch button takes Enter itself
+        Binding("ctrl+s", "save", "Save preset"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shape: Any = None
+        self.shape_for: str | None = None
+        self.shape_error: str | None = None
+        self._bases: dict[str, tuple[int, RunConfig]] = {}
+
+    def compose_body(self) -> ComposeResult:
+        yield Static(id="review-config-error", classes="error", markup=False)
+        with Horizontal(id="review-body"):
+            with Vertical(id="review-form"):
+                with Horizontal(classes="form-row"):
+                    yield Static("Batch size", classes="label")
+                    yield Input(id="train-batch-size", compact=True, classes="number")
+                with Horizontal(classes="form-row"):
+                    yield Static("Grad accum", classes="label")
+                    yield Input(id="train-grad-accum", compact=True, classes="number")
+                with Horizontal(classes="form-row"):
+                    yield Static("Max steps", classes="label")
+                    yield Input(id="train-max-steps", compact=True, classes="number")
+                    yield Static("-1: epochs", classes="hint")
+                with Horizontal(classes="form-row"):
+                    yield Static("Epochs", classes="label")
+                    yield Input(id="train-epochs", compact=True, classes="number")
+                with Horizontal(classes="form-row"):
+                    yield Static("Learning rate", classes="label")
+                    yield Input(id="train-lr", compact=True, classes="number")
+                with Horizontal(classes="form-row"):
+                    yield Static("Output dir", classes="label")
+                    yield Input(id="output-dir", compact=True)
+                with Horizontal(classes="form-row"):
+                    yield Static("Run name", classes="label")
+                    yield Input(id="output-run-name", placeholder="(auto: model-method)", compact=True)
+                yield Static(id="review-error", classes="error", markup=False)
+                with Horizontal(classes="form-row"):
+                    yield Static("Save as", classes="label")
+                    yield Input(id="preset-path", compact=True)
+                with Horizontal(id="review-buttons"):
+                    yield Button("Save (ctrl+s)", id="save")
+                    yield Button("Launch (l)", id="launch", variant="success")
+                yield Static(id="review-summary")
+            with VerticalScroll(id="review-yaml"):
+                yield Static(id="review-yaml-text")
+        yield Static(id="review-command", markup=False)
+
+    def on_mount(self) -> None:
+        self.query_one("#review-error").display = False
+        # Saving the draft over a config file that failed to load would lose what the user wrote in it.
+        usable = self.app.config_path and not self.app.config_error
+        self.query_one("#preset-path", Input).value = self.app.config_path if usable else DEFAULT_PRESET
+        super().on_mount()
+        self._show_config_error()
+
+    def on_screen_resume(self) -> None:
+        super().on_screen_resume()
+        # Launch has focus on arrival, so Enter-Enter-Enter-Enter from the Model screen trains the demo.
+        self.query_one("#launch", Button).focus()
+
+    @property
+    def error_box(self) -> Static:
+        return self.query_one("#review-error", Static)
+
+    def _show_config_error(self) -> None:
+        box = self.query_one("#review-config-error", Static)
+        error = self.app.config_error
+        box.update(f"The config file could not be used. {error}" if error else "")
+        box.display = bool(error)
+
+    # ------------------------------------------------------------ editing
+
+    @on(Input.Changed)
+    def _changed(self, event: Input.Changed) -> None:
+        wid = event.input.id or ""
+        if wid in NUMBER_FIELDS:
+            self.apply({NUMBER_FIELDS[wid]: parse_number(event.value)}, self.error_box, event.input)
+        elif wid in TEXT_FIELDS:
+            value: str | None = event.value.strip()
+            if wid == "output-run-name" and not value:
+                value = None
+            self.apply({TEXT_FIELDS[wid]: value}, self.error_box, event.input)
+        elif wid == "preset-path":
+            self._show_command()
+
+    @on(Input.Submitted, "#preset-path")
+    def _save_submitted(self) -> None:
+        self.action_save()
+
+    def show_config(self, config: RunConfig, from_self: bool) -> None:
+        if not from_self:
+            self.forget_errors(self.error_box)
+            for wid, key in {**NUMBER_FIELDS, **TEXT_FIELDS}.items():
+                field = self.query_one(f"#{wid}", Input)
+                field.remove_class("-invalid")
+                value = get_value(config, key)
+                text = "" if value is None else str(value)
+                if field.value != text:
+                    field.value = text
+        if config.model.name_or_path != self.shape_for:
+            self._load_shape(config.model.name_or_path, config.model.trust_remote_code)
+        self._show_summary()
+        # Highlighted once into Text: a Syntax renderable would run the lexer again on every repaint.
+        yaml_text = Syntax(dump_yaml(config), "yaml", theme="ansi_dark", background_color="default").highlight(
+            dump_yaml(config))
+        yaml_text.rstrip()
+        self.query_one("#review-yaml-text", Static).update(yaml_text)
+        self._show_command()
+
+    # ------------------------------------------------------------ the summary: what this run will cost
+
+    def _show_summary(self) -> None:
+        config, box = self.config, self.query_one("#review-summary", Static)
+        t, d, m = config.train, config.data, config.method
+        rows = self.app.dataset_rows
+        if t.max_steps > 0:
+            steps = f"{t.max_steps} steps"
+        elif rows:
+            train_rows = rows - (int(d.val_size) if d.val_size >= 1 else round(rows * d.val_size))
+            per_epoch = math.ceil(train_rows / (t.batch_size * t.grad_accum))
+            steps = f"{math.ceil(per_epoch * t.epochs)} steps ({per_epoch}/epoch over {train_rows:,} rows)"
+        else:
+            steps = f"{t.epochs:g} epoch(s)"
+        lines = [
+            Content.assemble(("Model  ", "dim"), config.model.name_or_path),
+            Content.assemble(("Method ", "dim"), _method_words(config)),
+            Content.assemble(("Data   ", "dim"), d.path or "(none)"),
+            Content.assemble(("Train  ", "dim"), f"{steps}, {t.batch_size * t.grad_accum} per step"),
+        ]
+        lines.append(self._memory_line(config))
+        update_if_changed(box, Content("\n").join(lines))
+
+    def _memory_line(self, config: RunConfig) -> Content:
+        shape = self.shape
+        if shape is None:
+            return Content.assemble(("Memory ", "dim"), (self.shape_error or "estimating…", "dim"))
+        from core.resources.estimate import EstimateSettings, estimate
+        from core.resources.recommend import fit_of
+
+        try:
+            peak = estimate(shape, EstimateSettings.from_config(config)).peak_gib
+        except TuneError as exc:
+            return Content.assemble(("Memory ", "dim"), (str(exc), "$text-error"))
+        snapshot = self.app.snapshot
+        free = snapshot.free_gib() if snapshot is not None else None
+        if free is None:
+            verdict = Content.styled("no GPU here", "dim")
+        else:
+            fit = fit_of(peak, free)
+            word, style = {"fits": ("fits", "$text-success"), "tight": ("tight", "$text-warning"),
+                           "no": ("won't fit", "$text-error")}[fit]
+            verdict = Content.assemble((word, f"bold {style}"), f" in {free:.1f} GiB free")
+        return Content.assemble(("Memory ", "dim"), f"~{peak:.1f} GiB peak, ", verdict)
+
+    def _load_shape(self, name: str, trust_remote_code: bool) -> None:
+        self.shape, self.shape_for, self.shape_error = None, name, None
+
+        def read() -> tuple[str, Any, str | None]:
+            from core.resources.estimate import load_shape
+
+            try:
+                return name, load_shape(name, trust_remote_code), None
+            except TuneError as exc:
+                return name, None, str(exc)
+
+        self.run_worker(read, name="shape", thread=True, group="review-shape", exclusive=True, exit_on_error=False)
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        worker = event.worker
+        if worker.name != "shape" or worker.state not in (WorkerState.SUCCESS, WorkerState.ERROR):
+            return
+        if worker.state == WorkerState.ERROR:
+            name, shape, error = self.shape_for, None, f"cannot read the model's shape: {worker.error!r}"
+        else:
+            name, shape, error = worker.result
+        if name == self.config.model.name_or_path:
+            self.shape, self.shape_error = shape, error
+            self._show_summary()
+
+    def snapshot_changed(self, snapshot: Any) -> None:
+        self._show_summary()
+
+    def _show_command(self) -> None:
+        base_path, base = self._command_base()
+        if base is None:
+            path = self.query_one("#preset-path", Input).value.strip() or DEFAULT_PRESET
+            line = f"ctrl+s saves {path}; then headless: tunetui train {shlex.quote(path)}"
+        else:
+            line = "Headless: " + train_command(self.config, base_path, base)
+        self.query_one("#review-command", Static).update(line)
+
+    def _command_base(self) -> tuple[str, RunConfig | None]:
+        """The config file the command line starts from: the one opened or saved, else the demo preset when it
+        is here (a checkout); None when there is no file yet."""
+        candidates = [] if self.app.config_error else [self.app.config_path]
+        candidates.append(DEMO_PRESET)
+        for path in candidates:
+            if path and Path(path).is_file():
+                try:
+                    return path, self._load_base(path)
+                except TuneError:
+                    continue  # changed on disk since and now broken: try the next, or offer to save
+        return "", None
+
+    def _load_base(self, path: str) -> RunConfig:
+        """load(path), read again only when the file changed (this runs on every edit of the draft)."""
+        stamp = Path(path).stat().st_mtime_ns
+        cached = self._bases.get(path)
+        if cached is None or cached[0] != stamp:
+            cached = self._bases[path] = (stamp, load(path))
+        return cached[1]
+
+    # ------------------------------------------------------------ actions
+
+    @on(Button.Pressed, "#save")
+    def action_save(self) -> None:
+        path = self.query_one("#preset-path", Input).value.strip() or DEFAULT_PRESET
+        try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            save(self.config, path)
+        except OSError as exc:
+            self.error_box.update(f"Cannot save {path}: {exc.strerror or exc}. Choose another path.")
+            self.error_box.display = True
+            return
+        self.app.config_path = path
+        self.app.config_error = None
+        self._show_config_error()
+        self._show_command()
+        self.notify(f"Saved {path}", title="Preset saved")
+
+    @on(Button.Pressed, "#launch")
+    def action_launch(self) -> None:
+        if self.error_box.display:
+            self.notify("Fix the highlighted setting first.", title="Cannot launch", severity="error")
+            return
+        if not self.config.data.path.strip():
+            self.notify("No data is set: choose a file on the Data screen (3).", title="Cannot launch",
+                        severity="error")
+            return
+        self.app.launch()
+

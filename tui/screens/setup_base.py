@@ -1,0 +1,184 @@
+"""What the four set-up screens share: the nav bar, the footer, Enter to go on, and applying edits to the draft."""
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.events import ScreenResume
+from textual.content import Content
+from textual.screen import Screen
+from textual.widget import Widget
+from textual.widgets import Footer, Static
+
+import yaml
+
+from core.config import RunConfig, from_dict, to_dict
+from core.errors import TuneError
+from tui.widgets.setup_nav import NavBar
+
+
+def update_if_changed(widget: Static, content: Any, *, layout: bool = True) -> None:
+    """Static.update, skipped when the text and styles are what it shows already: the GPU poll redraws every 1.5 s
+    and most of the time nothing it feeds has changed (each update costs a repaint, and a layout pass unless
+    `layout=False` for widgets of fixed size)."""
+    key = (content.plain, tuple(content.spans)) if isinstance(content, Content) else content
+    if getattr(widget, "_tunetui_shown", None) == key:
+        return
+    widget._tunetui_shown = key
+    widget.update(content, layout=layout)
+
+
+def with_values(config: RunConfig, values: dict[str, Any]) -> RunConfig:
+    """A new, validated config with dotted keys set to Python values (TuneError names the key when wrong)."""
+    raw = to_dict(config)
+    for dotted, value in values.items():
+        node = raw
+        *parents, last = dotted.split(".")
+        for part in parents:
+            node = node[part]
+        node[last] = value
+    return from_dict(raw)
+
+
+def get_value(config: RunConfig, dotted: str) -> Any:
+    """config["method.lora.r"], by attribute."""
+    node: Any = config
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def parse_number(text: str) -> Any:
+    """What the user typed in a numeric field, read like a YAML value ("8" -> 8, "2e-4" stays for the config to
+    read as a float, "abc" stays a string so the config names the key in its error)."""
+    text = text.strip()
+    try:
+        value = yaml.safe_load(text) if text else None
+    except yaml.YAMLError:
+        return text
+    return value if isinstance(value, (int, float, str)) or value is None else text
+
+
+class SetupScreen(Screen):
+    """A set-up screen. Subclasses set NAME, write compose_body(), and redraw in show_config()."""
+
+    NAME: ClassVar[str] = ""
+    BINDINGS = [Binding("enter", "next", "Next")]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._own_config: RunConfig | None = None
+        self._shown_config: RunConfig | None = None
+        self._field_errors: dict[int, dict[int, str]] = {}
+
+    def compose(self) -> ComposeResult:
+        yield NavBar(self.NAME)
+        yield from self.compose_body()
+        yield Footer()
+
+    def compose_body(self) -> ComposeResult:
+        raise NotImplementedError
+
+    @property
+    def config(self) -> RunConfig:
+        return self.app.config
+
+    # ------------------------------------------------------------ keeping the view current
+
+    def on_mount(self) -> None:
+        self._show(self.app.config, from_self=False)
+
+    def _on_screen_resume(self, event: ScreenResume) -> None:
+        # Runs before Screen's own handler (the MRO order Textual dispatches in): skip its restyle of every
+        # widget on each visit. With this many form widgets that costs hundreds of ms per screen switch, and
+        # nothing here changes styles while a screen is hidden; a theme change is re-applied by switch_mode,
+        # which compares the CSS update count.
+        event.refresh_styles = False
+
+    def on_screen_resume(self) -> None:
+        self.query_one(NavBar).set_snapshot(self.app.snapshot)
+        self.snapshot_changed(self.app.snapshot)
+        if self._shown_config is not self.app.config:
+            self._show(self.app.config, from_self=False)
+
+    def on_snapshot_taken(self, message: Any) -> None:
+        self.query_one(NavBar).set_snapshot(message.snapshot)
+        self.snapshot_changed(message.snapshot)
+
+    def on_config_changed(self, message: Any) -> None:
+        if not self.is_current:
+            return  # hidden: on_screen_resume redraws if the draft changed meanwhile (keeps key presses cheap)
+        self._show(message.config, from_self=message.config is self._own_config)
+
+    def _show(self, config: RunConfig, from_self: bool) -> None:
+        self._shown_config = config
+        self.show_config(config, from_self)
+
+    def show_config(self, config: RunConfig, from_self: bool) -> None:
+        """Redraw from `config`. `from_self`: this screen made the change, so leave its form fields alone
+        (rewriting an Input the user is typing in would move their cursor)."""
+
+    def snapshot_changed(self, snapshot: Any) -> None:
+        """A new GPU/host sample (or the latest one, when the screen comes back)."""
+
+    # ------------------------------------------------------------ editing the draft
+
+    def apply(self, values: dict[str, Any], error: Static | None = None, field: Widget | None = None) -> bool:
+        """Set dotted keys of the draft (`{"method.lora.r": 16}`) and validate the result like a config file.
+        On a TuneError, mark `field` and show the message in `error` (which keeps showing the first field still
+        wrong, so fixing one field never hides another's problem)."""
+        errors = self._field_errors.setdefault(id(error), {})
+        try:
+            new = with_values(self.app.config, values)
+        except TuneError as exc:
+            if field is not None:
+                field.add_class("-invalid")
+                errors[id(field)] = str(exc)
+            self._show_errors(error, errors, str(exc))
+            return False
+        if field is not None:
+            field.remove_class("-invalid")
+            errors.pop(id(field), None)
+        self._show_errors(error, errors, None)
+        if new != self.app.config:  # programmatic widget updates echo back unchanged values: no churn
+            self._own_config = new
+            self.app.set_config(new)
+        return True
+
+    def forget_errors(self, error: Static) -> None:
+        """The fields behind `error` were rebuilt from the config: their old problems are gone."""
+        self._field_errors.pop(id(error), None)
+        self._show_errors(error, {}, None)
+
+    @staticmethod
+    def _show_errors(error: Static | None, errors: dict, latest: str | None) -> None:
+        if error is None:
+            return
+        message = latest or next(iter(errors.values()), "")
+        error.update(message)
+        error.display = bool(message)
+
+    def action_next(self) -> None:
+        self.app.show_next(self.NAME)
+
+
+def human_count(n: int | None) -> str:
+    """1234567 -> '1.2 M' (parameters, rows)."""
+    if n is None:
+        return "?"
+    for size, unit in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if abs(n) >= size:
+            return f"{n / size:.1f} {unit}"
+    return str(n)
+
+
+def human_bytes(n: int | None) -> str:
+    if n is None:
+        return "?"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"
