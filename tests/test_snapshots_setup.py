@@ -1,5 +1,8 @@
-"""Snapshots of the set-up screens (Model, Method, Data, Review) at 80x24 and 160x48 on scripted machines: no GPU,
-one 24 GiB GPU, two 80 GiB GPUs. Regenerate with `--snapshot-update`, then look at the SVGs before committing."""
+"""Snapshots of the set-up screens (Model, Method, Data, Review) at 80x24 and 160x48 on scripted machines.
+
+The machines: no GPU, one 24 GiB GPU, two 80 GiB GPUs. Regenerate with `--snapshot-update`, then look at the SVGs
+before committing.
+"""
 from __future__ import annotations
 
 import pytest

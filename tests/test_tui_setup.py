@@ -1,7 +1,6 @@
 """The App shell and the set-up screens (Model, Method, Data, Review), driven with Pilot; no training happens here."""
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import textwrap

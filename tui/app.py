@@ -23,7 +23,6 @@ import signal
 import threading
 import time
 from dataclasses import replace
-from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from textual.app import App, ScreenStackError, SystemCommand
@@ -247,13 +246,14 @@ class TuneApp(App):
                                 lambda name=name: self.show(name))
         yield SystemCommand("Launch", "Start training the current config and show the Run screen",
                             lambda: self.launch())
-        # The active screen's own actions (launch, save, pause, stop, ...), so the palette lists them all.
-        seen = set()
+        # The active screen's own actions, the ones its footer shows (launch, save, pause, stop, ...); not the
+        # widgets' cursor keys.
+        seen = {"Launch"}
         for key, active in screen.active_bindings.items():
             binding = active.binding
-            if not binding.description or active.node is self or binding.action in seen:
+            if not binding.show or not binding.description or active.node is self or binding.description in seen:
                 continue
-            seen.add(binding.action)
+            seen.add(binding.description)
             yield SystemCommand(binding.description, f"Key: {self.get_key_display(binding)}",
                                 lambda node=active.node, action=binding.action: self.run_action(action, node))
         yield from super().get_system_commands(screen)

@@ -1,6 +1,8 @@
-"""Data screen: pick a file (DirectoryTree) or type a path / hub id; see the detected format (changeable), a few
-examples exactly as the model will see them with the trained-on tokens lit, token-length stats, what max_length
-truncates or drops, and the validation split.
+"""Data screen: choose the dataset and see it exactly as the model will, with what max_length cuts.
+
+A file picker (DirectoryTree) or a typed path / hub id; the detected format (changeable); a few examples rendered
+through the chat template with the trained-on tokens lit; token-length stats, how many examples max_length
+truncates or drops; the validation split.
 
 Tokenizing needs transformers and datasets, so the preview runs in a thread worker (debounced while typing).
 """

@@ -1,5 +1,7 @@
-"""Method screen: Full / Freeze / LoRA / QLoRA side by side with their estimated peak memory against this machine's
-free GPU memory and the recommended one; per-method settings, validated, that update the estimate as they change.
+"""Method screen: the four methods side by side, what each would cost on this machine, and their settings.
+
+Full / Freeze / LoRA / QLoRA with their estimated peak memory against the free GPU memory (fits / tight / won't
+fit) and the recommended one with its reason; per-method settings, validated, that move the estimate as they change.
 
 The estimator and recommender are pure Python (core.resources), so they run on the UI thread on every change;
 only reading the model's shape (a config.json) happens in a thread worker.
@@ -14,7 +16,6 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.content import Content
 from textual.events import Click
-from textual.widget import Widget
 from textual.widgets import Checkbox, Input, Select, SelectionList, Static
 from textual.worker import Worker, WorkerState
 

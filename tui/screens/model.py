@@ -1,5 +1,8 @@
-"""Model screen: the models this machine has (built-in demo, HF cache, models folder, recent) or a typed folder /
-hub id, with the details of the one under the cursor and its problems shown in place."""
+"""Model screen: pick a model this machine has, or type a folder / hub id, and see what it is.
+
+Lists the built-in demo, the HF cache, a models folder and recent choices; shows the details of the one under the
+cursor (architecture, parameters, layers, ...) and its problems (no tokenizer, unreadable) in place.
+"""
 from __future__ import annotations
 
 from types import SimpleNamespace

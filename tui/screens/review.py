@@ -1,5 +1,8 @@
-"""Review & launch screen: the resolved config as YAML, the equivalent `tunetui train` command line, batch / steps /
-learning-rate / output settings, save as a preset, and Launch (focused, so Enter launches)."""
+"""Review & launch screen: check the whole run, adjust the training settings, save it, launch it.
+
+The resolved config as YAML, the equivalent `tunetui train` command line, batch / steps / learning-rate / output
+settings, what the run will cost, save as a preset, and Launch (focused, so Enter launches).
+"""
 from __future__ import annotations
 
 import math
