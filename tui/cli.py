@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or (argv[0] not in SUBCOMMANDS and not argv[0].startswith("-")):
+    if not argv or argv[0] not in (*SUBCOMMANDS, "-h", "--help"):
         return _open_app(argv)
     args = build_parser().parse_args(argv)
     if args.command is None:

@@ -8,6 +8,7 @@ top level: the runner is imported inside the worker.
 from __future__ import annotations
 
 import math
+import os
 import threading
 import traceback as traceback_module
 from collections import deque
@@ -249,8 +250,13 @@ class TrainingSession:
             emit = self._emit
             try:
                 # Imported here, in the thread: it pulls torch & co, which must not delay the first frame.
+                import torch
+
                 from core.training.runner import run
 
+                # Leave a core to the UI thread: on a small machine a CPU run on every core starves key handling
+                # (and a tiny model trains no slower on one thread fewer).
+                torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
                 run(config, emit, control, resume_from=resume_from)
             except BaseException as exc:  # noqa: BLE001 - the runner never raises; this is an import error or a bug
                 emit(RunFailed(message=f"The training engine could not run: {exc}", kind="error",
