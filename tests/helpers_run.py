@@ -1,7 +1,6 @@
 """Shared by the run-view tests: scripted engine events, fake run folders, building the app, waiting on it."""
 from __future__ import annotations
 
-import asyncio
 import math
 import os
 import time
@@ -9,6 +8,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from core import config as cfg
+from helpers_setup import wait_for  # noqa: F401 - one polling helper for all UI tests
 from core.events import (
     CheckpointSaved, DataReady, EvalEnded, Event, LogLine, ModelReady, PhaseChanged, RunFailed, RunFinished,
     RunStarted, StepEnded,
@@ -141,16 +141,6 @@ def make_app(tmp_path: Path, snapshots=None, start_screen: str = "run", config: 
     snapshots = snapshots or [fake_snapshot((24,), (2,), utilization=35.0)]
     return create_app(config, sampler=ScriptedSampler(snapshots), output_dir=output_dir or str(tmp_path / "runs"),
                       start_screen=start_screen)
-
-
-async def wait_for(pilot, predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    """Let the app run until `predicate()` holds (polling; never a fixed sleep that hopes for the best)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        await pilot.pause(0.05)
 
 
 def feed(app, events: Iterable[Event]) -> None:

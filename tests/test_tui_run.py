@@ -71,7 +71,9 @@ async def test_run_screen_shows_phases_then_live_training(tmp_path):
         assert "GPU0" in text and "2.0/24.0 GiB" in text  # the scripted 24 GiB GPU
 
         feed(app, data_ready_events() + step_events(1, 20))
-        await wait_for(pilot, lambda: "step 20/30" in screen_text(app), what="step 20")
+        # The progress line, chart and log pane repaint independently: wait for the last of them.
+        await wait_for(pilot, lambda: "step 20/30" in screen_text(app) and "step 20: loss" in screen_text(app)
+                       and "● eval" in screen_text(app), what="step 20 on every panel")
         text = screen_text(app)
         assert "▸ train" in text
         assert "5,210" in text                     # tokens/s
