@@ -154,7 +154,7 @@ def describe_model(name_or_path: str) -> ModelInfo:
         except TuneError as exc:
             problems.append(exc.what)
         has_tok = _has_tokenizer(folder)
-        size = None
+        size = _dir_size(folder)  # the shipped weights
     else:
         cfg, config_path = None, None
         try:
