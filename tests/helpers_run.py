@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from core import config as cfg
-from helpers_setup import wait_for  # noqa: F401 - one polling helper for all UI tests
+from helpers_setup import screen_text, wait_for  # noqa: F401 - shared by all UI tests
 from core.events import (
     CheckpointSaved, DataReady, EvalEnded, Event, LogLine, ModelReady, PhaseChanged, RunFailed, RunFinished,
     RunStarted, StepEnded,
@@ -147,19 +147,3 @@ def feed(app, events: Iterable[Event]) -> None:
     """Hand events to the session as the App does for the training thread's messages."""
     for event in events:
         app.session.handle(event)
-
-
-def screen_text(app) -> str:
-    """What the terminal shows, as plain text (for assertions about what a user reads).
-
-    The same compositor call as App.export_screenshot, exported as text instead of SVG."""
-    import io
-
-    from rich.console import Console
-
-    width, height = app.size
-    console = Console(width=width, height=height, file=io.StringIO(), force_terminal=True, record=True,
-                      color_system="truecolor", legacy_windows=False, safe_box=False)
-    console.print(app.screen._compositor.render_update(full=True, screen_stack=app._background_screens,
-                                                       simplify=True))
-    return console.export_text()
