@@ -203,6 +203,23 @@ async def test_engine_import_failure_is_a_failed_run_not_a_crash(tmp_path, monke
         await wait_for(pilot, lambda: "ImportError" in screen_text(app), what="the traceback in the log")
 
 
+async def test_log_keeps_its_last_line_in_view_when_the_error_panel_shrinks_it(tmp_path):
+    # The error panel appears after the log has scrolled to its end; the log must still end on its last line.
+    app = make_app(tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = app.screen
+        log = screen.query_one("#run-log")
+        screen.remove_class("-idle")
+        screen.add_class("-failed")
+        for i in range(20):
+            log.write(f"log line {i}")
+        await wait_for(pilot, lambda: "log line 19" in screen_text(app), what="the log's end")
+        screen.query_one("#run-error").update("one\ntwo\nthree\nfour", layout=True)
+        await wait_for(pilot, lambda: "four" in screen_text(app), what="the taller error panel")
+        await pilot.pause(0.2)
+        assert "log line 19" in screen_text(app)
+
+
 # ------------------------------------------------------------------ monitor
 
 

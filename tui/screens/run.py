@@ -83,7 +83,11 @@ class RunScreen(Screen):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.query_one("#run-log", RichLog).border_title = "log"
+        log = self.query_one("#run-log", RichLog)
+        log.border_title = "log"
+        # Anchored, the log stays at its last line when the error panel appears and shrinks it (auto_scroll alone
+        # scrolls once per write, before that layout change); scrolling up releases the anchor as usual.
+        log.anchor()
         self.redraw(force=True)
         self.set_interval(REDRAW_SECONDS, self.redraw)
 
