@@ -1,7 +1,8 @@
 """Run directories: create OUTPUT_DIR/<run-id>/, list runs and their state, find checkpoints. Imports nothing heavy.
 
 Layout: config.yaml (full resolved config), events.jsonl (one event per line, appended), run.pid (while a process
-trains it), checkpoints/checkpoint-<step>/, final/ (adapter or full model, tokenizer, labels.json).
+trains it), labels.json (classification runs: the class names, in the head's order), checkpoints/checkpoint-<step>/,
+final/ (adapter or full model, tokenizer, labels.json).
 """
 from __future__ import annotations
 
@@ -142,6 +143,21 @@ def load_run_config(run_dir: str | Path) -> RunConfig:
     return cfg.load(path)
 
 
+def write_labels(folder: str | Path, labels: list[str]) -> None:
+    """labels.json: a classification head's class names, index i being output i."""
+    (Path(folder) / LABELS_FILE).write_text(json.dumps({"labels": list(labels)}, ensure_ascii=False, indent=1),
+                                            encoding="utf-8")
+
+
+def read_labels(*folders: str | Path) -> list[str] | None:
+    """The class names from the first of `folders` that holds a labels.json; None when none does."""
+    for folder in folders:
+        path = Path(folder) / LABELS_FILE
+        if path.is_file():
+            return list(json.loads(path.read_text(encoding="utf-8"))["labels"])
+    return None
+
+
 def list_runs(output_dir: str | Path) -> list[RunSummary]:
     """Every run under OUTPUT_DIR, newest first; torn or missing files give partial rows, never an error."""
     root = Path(output_dir).expanduser()
@@ -221,4 +237,4 @@ def _mtime(path: Path) -> float:
 
 __all__ = ["RunSummary", "new_run_dir", "list_runs", "summarize", "is_running", "latest_checkpoint", "checkpoints",
            "checkpoint_step", "load_run_config", "run_id_for", "slug", "write_pid", "clear_pid",
-           "CONFIG_FILE", "EVENTS_FILE", "CHECKPOINTS", "FINAL", "LABELS_FILE"]
+           "CONFIG_FILE", "EVENTS_FILE", "CHECKPOINTS", "FINAL", "LABELS_FILE", "write_labels", "read_labels"]

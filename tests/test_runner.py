@@ -8,8 +8,8 @@ import pytest
 
 from core import rundir
 from core.control import RunControl
-from core.events import (CheckpointSaved, EvalEnded, ModelReady, RunFailed, RunFinished, RunPaused, RunResumed,
-                         RunStarted, StepEnded, read_events)
+from core.events import (CheckpointSaved, EvalEnded, LogLine, ModelReady, RunFailed, RunFinished, RunPaused,
+                         RunResumed, RunStarted, StepEnded, read_events)
 from core.training.runner import run
 
 
@@ -63,6 +63,8 @@ def test_adapter_learns_saves_and_reloads_with_the_same_outputs(fixture, request
     assert reloaded == pytest.approx(final_eval.eval_loss, abs=1e-4)
     ready = next(e for e in events if isinstance(e, ModelReady))
     assert 0 < ready.trainable_params < ready.total_params / 5
+    # The log pane shows what concerns the run, not the Trainer's parting advertisement.
+    assert not [e for e in events if isinstance(e, LogLine) and "Do not forget to share" in e.message]
 
 
 @pytest.mark.parametrize("kind", ["full", "freeze"])
@@ -200,6 +202,23 @@ def test_classification_trains_a_head_that_predicts_labels(model, output_dir, sm
     with torch.no_grad():
         predicted = [labels[i] for i in clf(**batch).logits.argmax(-1).tolist()]
     assert predicted == want
+    if model == "bert":
+        return
+
+    # A run stopped before final/ keeps only its checkpoints, which hold no labels.json: the newest still merges
+    # into a classifier that knows its label names.
+    import shutil
+
+    from core.training.export import merge_run
+
+    checkpoint = rundir.latest_checkpoint(outcome.run_dir)
+    assert rundir.read_labels(checkpoint) is None
+    shutil.rmtree(outcome.final_dir)
+    merged = merge_run(outcome.run_dir, output_dir / "merged", checkpoint=checkpoint)
+    assert rundir.read_labels(merged) == labels
+    clf = AutoModelForSequenceClassification.from_pretrained(merged).eval()
+    with torch.no_grad():
+        assert [labels[i] for i in clf(**batch).logits.argmax(-1).tolist()] == want
 
 
 @pytest.mark.parametrize("failure", ["out_of_memory", "error"])

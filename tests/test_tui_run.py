@@ -305,3 +305,34 @@ async def test_runs_lists_opens_resumes_and_reuses_configs(tmp_path):
         assert len(launched) == 1
         await pilot.press("n")
         assert shown[-1] == "review" and app.config.train.max_steps == 30
+
+
+# ------------------------------------------------------------------ the footer
+
+
+async def test_footer_keeps_its_keys_across_screen_switches_and_follows_a_run_starting(tmp_path, monkeypatch):
+    from textual.widgets._footer import FooterKey
+
+    release = threading.Event()
+    engine = types.ModuleType("core.training.runner")  # an engine that trains until released
+    engine.run = lambda config, emit, control, **kwargs: release.wait(30)
+    monkeypatch.setitem(sys.modules, "core.training.runner", engine)
+    app = make_app(tmp_path)
+    async with app.run_test(size=(100, 30)) as pilot:
+        def stop_keys() -> list:
+            return [k for k in app.screen.query(FooterKey) if k.action == "stop"]
+
+        await wait_for(pilot, lambda: len(stop_keys()) == 1, what="the run screen's footer")
+        first = stop_keys()[0]
+        assert first.has_class("-disabled")  # no run: Stop is greyed
+        for name in ("monitor", "run", "runs", "run"):
+            app.show(name)
+            await pilot.pause()
+        assert stop_keys() == [first]  # the same keys: an unchanged footer is not rebuilt
+
+        app.launch()
+        try:
+            await wait_for(pilot, lambda: [k.has_class("-disabled") for k in stop_keys()] == [False], what="Stop enabled during the run")
+        finally:
+            release.set()
+        await wait_for(pilot, lambda: not app.session.running and [k.has_class("-disabled") for k in stop_keys()] == [True], what="Stop greyed again")

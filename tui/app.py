@@ -317,7 +317,7 @@ class TuneApp(App):
 def _warm_training_imports() -> None:
     """Import the training stack after the first frame so Launch does not wait for torch & co."""
     try:
-        importlib.import_module("core.training.runner")
+        importlib.import_module("core.training.runner").import_engine()
     except Exception:  # noqa: BLE001 - Launch imports it again and reports the problem as a failed run
         log.exception("warming the training imports failed")
 

@@ -4,7 +4,6 @@ Heavy libraries are imported inside functions; never imports the UI.
 """
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -35,7 +34,7 @@ def merge_run(run_dir: str | Path, out_dir: str | Path, *, checkpoint: str | Pat
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise TuneError(f"{out} already exists and is not empty", "--merge", "Choose a new folder for the merged model")
 
-    labels = _labels(adapter, run_dir)
+    labels = rundir.read_labels(adapter, run_dir / rundir.FINAL, run_dir)
     task = "classification" if labels else "sft"
     device = resolve_device(device)
     say(f"loading the base model {config.model.name_or_path} (unquantized)")
@@ -57,8 +56,7 @@ def merge_run(run_dir: str | Path, out_dir: str | Path, *, checkpoint: str | Pat
         merged.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         if labels:
-            (tmp / rundir.LABELS_FILE).write_text(json.dumps({"labels": labels}, ensure_ascii=False, indent=1),
-                                                  encoding="utf-8")
+            rundir.write_labels(tmp, labels)
         if out.exists():
             out.rmdir()  # empty (checked above)
         tmp.rename(out)
@@ -84,14 +82,6 @@ def _adapter_dir(run_dir: Path, checkpoint) -> Path:
     raise TuneError(f"{run_dir} has no final adapter (the run did not finish)", "RUN_DIR",
                     "Resume it to the end with `tunetui train --resume RUN_DIR`"
                     + (f", or merge its newest checkpoint with{hint}" if hint else ""))
-
-
-def _labels(adapter: Path, run_dir: Path) -> list[str] | None:
-    for folder in (adapter, run_dir / rundir.FINAL):
-        path = folder / rundir.LABELS_FILE
-        if path.is_file():
-            return list(json.loads(path.read_text(encoding="utf-8"))["labels"])
-    return None
 
 
 def _tokenizer(folder: Path, trust_remote_code: bool):

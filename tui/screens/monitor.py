@@ -17,9 +17,10 @@ from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import Footer, Static
+from textual.widgets import Static
 
 from core.errors import TuneError
+from tui.widgets.footer import KeyFooter
 from tui.widgets.gpu_panel import GpuCard, history_line, host_line, no_gpu_text
 from tui.widgets.setup_nav import NavBar
 
@@ -66,7 +67,7 @@ class MonitorScreen(Screen):
         yield VerticalScroll(id="monitor-gpus")
         yield Static(id="monitor-host")
         yield Static(Text("estimating…", style="dim"), id="monitor-advice")
-        yield Footer()
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         self.query_one("#monitor-advice", Static).border_title = "which method"

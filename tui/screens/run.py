@@ -10,9 +10,10 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.screen import Screen
-from textual.widgets import Footer, Label, ProgressBar, RichLog, Static
+from textual.widgets import Label, ProgressBar, RichLog, Static
 
 from tui.widgets.confirm import ConfirmScreen
+from tui.widgets.footer import KeyFooter
 from tui.widgets.gpu_panel import GpuSummary
 from tui.widgets.loss_chart import LossChart
 from tui.widgets.run_metrics import RunMetrics, phase_strip, progress_numbers, status_text
@@ -80,7 +81,7 @@ class RunScreen(Screen):
             yield RunMetrics(id="run-metrics")
         yield GpuSummary(id="run-gpu")
         yield RichLog(id="run-log", max_lines=1000, wrap=True, markup=False, auto_scroll=True, min_width=20)
-        yield Footer()
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         log = self.query_one("#run-log", RichLog)

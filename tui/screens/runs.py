@@ -18,9 +18,10 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Static
+from textual.widgets import DataTable, Static
 
 from core.errors import TuneError
+from tui.widgets.footer import KeyFooter
 from tui.widgets.loss_chart import LossChart
 from tui.widgets.run_metrics import STATUS_STYLES
 from tui.widgets.setup_nav import NavBar
@@ -106,7 +107,7 @@ class RunsScreen(Screen):
                 yield LossChart(id="runs-chart", empty_message="no losses recorded")
             with VerticalScroll(id="runs-config"):
                 yield Static(id="runs-config-text")
-        yield Footer()
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         self.query_one("#runs-config", VerticalScroll).border_title = "config"

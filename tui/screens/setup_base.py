@@ -9,12 +9,13 @@ from textual.events import ScreenResume
 from textual.content import Content
 from textual.screen import Screen
 from textual.widget import Widget
-from textual.widgets import Footer, Static
+from textual.widgets import Static
 
 import yaml
 
 from core.config import RunConfig, from_dict, to_dict
 from core.errors import TuneError
+from tui.widgets.footer import KeyFooter
 from tui.widgets.setup_nav import NavBar
 
 
@@ -75,7 +76,7 @@ class SetupScreen(Screen):
     def compose(self) -> ComposeResult:
         yield NavBar(self.NAME)
         yield from self.compose_body()
-        yield Footer()
+        yield KeyFooter()
 
     def compose_body(self) -> ComposeResult:
         raise NotImplementedError
