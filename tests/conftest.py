@@ -151,3 +151,14 @@ def qlora_run(tmp_path_factory, demo_model_dir):
     config = _run_config(tmp_path_factory.mktemp("qlora-runs"), method={"kind": "qlora"})
     outcome = run(config, events.append)
     return outcome, events
+
+
+@pytest.fixture(scope="session")
+def qlora8_run(tmp_path_factory, demo_model_dir):
+    """A finished 8-bit QLoRA run (LLM.int8 base) on the demo: (RunOutcome, events)."""
+    from core.training.runner import run
+
+    events: list = []
+    config = _run_config(tmp_path_factory.mktemp("qlora8-runs"), method={"kind": "qlora", "quant": {"bits": 8}})
+    outcome = run(config, events.append)
+    return outcome, events

@@ -26,10 +26,10 @@ def _logits_pair(run_dir, merged_dir):
         return peft_model(**batch).logits, merged(**batch).logits, merged
 
 
-@pytest.mark.parametrize("fixture", ["lora_run", "qlora_run"])
+@pytest.mark.parametrize("fixture", ["lora_run", "qlora_run", "qlora8_run"])
 def test_merged_model_reloads_and_matches_the_adapter(fixture, request, tmp_path, capsys):
     import torch
-    from bitsandbytes.nn import Linear4bit
+    from bitsandbytes.nn import Linear4bit, Linear8bitLt
 
     outcome, _ = request.getfixturevalue(fixture)
     out = tmp_path / "merged"
@@ -40,8 +40,8 @@ def test_merged_model_reloads_and_matches_the_adapter(fixture, request, tmp_path
     assert [p.name for p in tmp_path.iterdir()] == ["merged"]  # no temp folder left beside it
 
     adapted, merged_logits, merged = _logits_pair(outcome.run_dir, out)
-    # A QLoRA run merges into a full-precision copy of the base: no 4-bit layers, no quantization config.
-    assert not any(isinstance(m, Linear4bit) for m in merged.modules())
+    # A QLoRA run merges into a full-precision copy of the base: no quantized layers, no quantization config.
+    assert not any(isinstance(m, (Linear4bit, Linear8bitLt)) for m in merged.modules())
     assert getattr(merged.config, "quantization_config", None) is None
     assert torch.allclose(adapted, merged_logits, atol=1e-4), (adapted - merged_logits).abs().max()
 

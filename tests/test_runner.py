@@ -24,8 +24,9 @@ def _assert_ends_once(run_dir, stopped: bool = False) -> None:
     assert isinstance(events[-1], RunFinished) and events[-1].stopped is stopped
 
 
-def _eval_loss_of_reloaded(outcome, config, quantized: bool) -> float:
-    """The validation loss of base + final/ adapter loaded from disk, as a user would load them."""
+def _eval_loss_of_reloaded(outcome, config) -> float:
+    """The validation loss of base + final/ adapter loaded from disk, as a user would load them (a QLoRA base
+    quantized as in the run)."""
     import torch
     from peft import PeftModel
 
@@ -36,17 +37,17 @@ def _eval_loss_of_reloaded(outcome, config, quantized: bool) -> float:
     prepared = data.tokenize(data.load_raw(config.data, seed=config.train.seed), tokenizer, config.data)
     base = load_model(config.model, config.method, "sft", device="cpu")
     model = PeftModel.from_pretrained(base, str(outcome.final_dir)).eval()
-    if quantized:
-        from bitsandbytes.nn import Linear4bit
+    if config.method.kind == "qlora":
+        from bitsandbytes.nn import Linear4bit, Linear8bitLt
 
         linear = model.get_base_model().model.layers[0].self_attn.q_proj.base_layer
-        assert isinstance(linear, Linear4bit), type(linear)
+        assert isinstance(linear, Linear4bit if config.method.quant.bits == 4 else Linear8bitLt), type(linear)
     batch = prepared.collator(tokenizer)([prepared.val[i] for i in range(len(prepared.val))])
     with torch.no_grad():
         return model(**batch).loss.item()
 
 
-@pytest.mark.parametrize("fixture", ["lora_run", "qlora_run"])
+@pytest.mark.parametrize("fixture", ["lora_run", "qlora_run", "qlora8_run"])
 def test_adapter_learns_saves_and_reloads_with_the_same_outputs(fixture, request, small_config):
     outcome, events = request.getfixturevalue(fixture)
     assert outcome.status == "finished", outcome.event
@@ -59,7 +60,7 @@ def test_adapter_learns_saves_and_reloads_with_the_same_outputs(fixture, request
     # The eval at the end ran on the in-memory model; the adapter reloaded from disk must give the same loss.
     final_eval = [e for e in events if isinstance(e, EvalEnded)][-1]
     config = rundir.load_run_config(outcome.run_dir)
-    reloaded = _eval_loss_of_reloaded(outcome, config, quantized=fixture == "qlora_run")
+    reloaded = _eval_loss_of_reloaded(outcome, config)
     assert reloaded == pytest.approx(final_eval.eval_loss, abs=1e-4)
     ready = next(e for e in events if isinstance(e, ModelReady))
     assert 0 < ready.trainable_params < ready.total_params / 5
