@@ -213,7 +213,7 @@ def main() -> int:
         for kind, values in latencies.items():
             ms = [x * 1000 for x in values]
             print(f"  {kind:>13}: median {statistics.median(ms):.0f} ms, p95 {p95(ms):.0f} ms, "
-                  f"max {max(ms):.0f} ms over {len(ms)} presses")
+                  f"max {max(ms):.0f} ms over {len(ms)} presses; in order: {' '.join(f'{x:.0f}' for x in ms)}")
     finally:
         shutil.rmtree(home, ignore_errors=True)
     return 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import difflib
 import types
+import functools
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
@@ -179,6 +180,7 @@ def save(config: RunConfig, path: str | Path) -> None:
     tmp.replace(path)
 
 
+@functools.cache  # the Method screen rebuilds the draft on every key press: resolving hints was a third of that
 def _hints(cls) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 

@@ -296,3 +296,26 @@ def test_strict_refuses_a_run_the_memory_preflight_says_will_not_fit(output_dir,
     assert outcome.status == "failed" and events[-1].kind == "user_error"
     assert "needs about 30 GiB, 8 GiB free" in events[-1].message
     assert not output_dir.exists() or not any(output_dir.iterdir())
+
+
+def test_a_finished_run_leaves_no_model_behind(output_dir, small_config, demo_model_dir, monkeypatch):
+    # The app runs one training after another in one process: each run's model (and its GPU memory) must be freed
+    # when the run ends, although the runner freezes the garbage collector's view of it during training. Hooks
+    # and wrappers can put a model in a reference cycle, which only the collector frees: this one is given one.
+    import weakref
+
+    from core.training import models
+
+    loaded = []
+    load_model = models.load_model
+
+    def tracked(*args, **kwargs):
+        model = load_model(*args, **kwargs)
+        model.__dict__["cycle"] = model
+        loaded.append(weakref.ref(model))
+        return model
+
+    monkeypatch.setattr(models, "load_model", tracked)
+    outcome = run(small_config(output_dir, train={"max_steps": 2}), lambda event: None)
+    assert outcome.status == "finished", outcome.event
+    assert len(loaded) == 1 and loaded[0]() is None

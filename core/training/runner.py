@@ -154,7 +154,11 @@ class _Session:
 
             import torch
 
+            # Frozen at the start of training (see _train), the run's objects are out of the collector's reach:
+            # thaw them so cycles holding the model (and its GPU memory) are collected, then freeze what is left.
+            gc.unfreeze()
             gc.collect()
+            gc.freeze()
             if torch.cuda.is_available() and torch.cuda.is_initialized():
                 torch.cuda.empty_cache()
 
@@ -299,6 +303,12 @@ class _Session:
 
         self.emit(PhaseChanged(phase="training"))
         self.training_started = True
+        # What exists now (model, data, trainer) lives for the whole run: freeze it, so that full collections during
+        # training walk only what training creates (cheap), not the model and datasets each time. _release thaws it.
+        import gc
+
+        gc.collect()
+        gc.freeze()
         if device.startswith("cuda"):
             import torch
 
