@@ -66,6 +66,8 @@ def test_adapter_learns_saves_and_reloads_with_the_same_outputs(fixture, request
     assert 0 < ready.trainable_params < ready.total_params / 5
     # The log pane shows what concerns the run, not the Trainer's parting advertisement.
     assert not [e for e in events if isinstance(e, LogLine) and "Do not forget to share" in e.message]
+    assert any(isinstance(e, LogLine) and e.message == f"Saved the final adapter to {outcome.final_dir}"
+               for e in events)
 
 
 @pytest.mark.parametrize("kind", ["full", "freeze"])

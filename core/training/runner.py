@@ -334,6 +334,9 @@ class _Session:
             rundir.write_labels(tmp, list(prepared.label_names))
         shutil.rmtree(final, ignore_errors=True)  # a resumed run replaces the previous final/
         tmp.rename(final)
+        # The Trainer's own line names the temporary folder; say where the result is.
+        log.info("Saved the final %s to %s", "adapter" if self.config.method.kind in ("lora", "qlora") else "model",
+                 final)
         return final
 
     # ---------------------------------------------------------------- endings
