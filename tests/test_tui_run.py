@@ -216,8 +216,7 @@ async def test_log_keeps_its_last_line_in_view_when_the_error_panel_shrinks_it(t
         await wait_for(pilot, lambda: "log line 19" in screen_text(app), what="the log's end")
         screen.query_one("#run-error").update("one\ntwo\nthree\nfour", layout=True)
         await wait_for(pilot, lambda: "four" in screen_text(app), what="the taller error panel")
-        await pilot.pause(0.2)
-        assert "log line 19" in screen_text(app)
+        await wait_for(pilot, lambda: "log line 19" in screen_text(app), timeout=5, what="the log's end, still")
 
 
 # ------------------------------------------------------------------ monitor
