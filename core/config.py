@@ -5,8 +5,8 @@ Must not import torch, transformers, peft, bitsandbytes, datasets or textual: th
 from __future__ import annotations
 
 import difflib
-import types
 import functools
+import types
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path

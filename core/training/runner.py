@@ -6,6 +6,7 @@ or RunFailed, also written to the run's events.jsonl. Heavy libraries are import
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import shutil
 import sys
@@ -67,10 +68,8 @@ def import_engine() -> None:
     objects are only skipped by the collector; reference counting still frees them as usual.
     """
     global _engine_imported
-    if _engine_imported:  # freeze once: a later freeze would also pin whatever the app holds at that moment
+    if _engine_imported:  # runs then freeze and thaw their own objects (_Session._train, _Session._release)
         return
-    import gc
-
     import datasets  # noqa: F401
     import peft  # noqa: F401
     import torch  # noqa: F401
@@ -150,8 +149,6 @@ class _Session:
         self.trainer = None
         self.callback = None
         if "torch" in sys.modules:
-            import gc
-
             import torch
 
             # Frozen at the start of training (see _train), the run's objects are out of the collector's reach:
@@ -236,8 +233,9 @@ class _Session:
         from core.training.methods import apply_method
         from core.training.models import load_model, load_tokenizer, resolve_model_dir, resolve_dtype
 
-        self.emit(PhaseChanged(phase="preparing_data", message="importing torch, datasets and transformers"))
-        import_engine()
+        if not _engine_imported:
+            self.emit(PhaseChanged(phase="preparing_data", message="importing torch, datasets and transformers"))
+            import_engine()
         # Data first: it is cheap and a bad file should fail before minutes of model loading.
         self.emit(PhaseChanged(phase="preparing_data", message=f"reading {config.data.path}"))
         raw = data_mod.load_raw(config.data, seed=config.train.seed)
@@ -305,8 +303,6 @@ class _Session:
         self.training_started = True
         # What exists now (model, data, trainer) lives for the whole run: freeze it, so that full collections during
         # training walk only what training creates (cheap), not the model and datasets each time. _release thaws it.
-        import gc
-
         gc.collect()
         gc.freeze()
         if device.startswith("cuda"):
