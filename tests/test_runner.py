@@ -321,3 +321,13 @@ def test_a_finished_run_leaves_no_model_behind(output_dir, small_config, demo_mo
     outcome = run(small_config(output_dir, train={"max_steps": 2}), lambda event: None)
     assert outcome.status == "finished", outcome.event
     assert len(loaded) == 1 and loaded[0]() is None
+
+
+def test_periodic_evaluation_starts_from_the_base_models_loss(output_dir, small_config):
+    config = small_config(output_dir, data={"path": "demo:identity"}, train={"max_steps": 10, "eval_steps": 5})
+    events: list = []
+    outcome = run(config, events.append)
+    assert outcome.status == "finished", outcome.event
+    evals = [(e.step, e.eval_loss) for e in events if isinstance(e, EvalEnded)]
+    assert [step for step, _ in evals] == [0, 5, 10]
+    assert evals[-1][1] < evals[0][1]  # the chart's first point is the untrained model, so the drop shows

@@ -286,6 +286,8 @@ class _Session:
 
         has_val = prepared.val is not None and len(prepared.val) > 0
         args = training_arguments(config, self.run_dir, device, precision, has_val=has_val)
+        if checkpoint:
+            args.eval_on_start = False  # a resumed run's curve already starts from the base model's loss
         self.callback = EventCallback(self.emit, self.control)
         trainer = Trainer(
             model=model, args=args, train_dataset=prepared.train,
@@ -438,6 +440,8 @@ def training_arguments(config: RunConfig, run_dir: Path, device: str, precision:
             activation_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
             logging_strategy="steps", logging_steps=t.logging_steps,
             eval_strategy="steps" if evaluate_every else "no", eval_steps=t.eval_steps if evaluate_every else None,
+            # The curve starts from the base model's loss, so a chart shows how far the run moved it.
+            eval_on_start=evaluate_every,
             save_strategy="steps", save_steps=t.save_steps, save_total_limit=t.save_total_limit,
             seed=t.seed, data_seed=t.seed,
             include_num_input_tokens_seen="non_padding",  # tokens/s counts real tokens, not padding
