@@ -90,6 +90,9 @@ class EvalEnded(Event):
     step: int
     eval_loss: float | None
     metrics: dict = field(default_factory=dict)
+    """Numbers besides the loss, e.g. classification runs' `accuracy` and `macro_f1` (fractions in 0..1)."""
+    confusion_matrix: list[list[int]] | None = None
+    """Classification runs: counts, row = true class, column = predicted, in the order of the run's labels.json."""
 
 
 @dataclass(frozen=True)

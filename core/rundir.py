@@ -17,7 +17,7 @@ from pathlib import Path
 from core import config as cfg
 from core.config import RunConfig
 from core.errors import TuneError
-from core.events import (LogLine, RunFailed, RunFinished, RunStarted, StepEnded, read_events)
+from core.events import (EvalEnded, LogLine, RunFailed, RunFinished, RunStarted, StepEnded, read_events)
 
 CONFIG_FILE = "config.yaml"
 EVENTS_FILE = "events.jsonl"
@@ -47,6 +47,14 @@ class RunSummary:
     final_dir: Path | None
     message: str | None
     """Why it failed, when it did."""
+    eval_loss: float | None = None
+    """The last evaluation's loss, when the run evaluated."""
+    eval_metrics: dict | None = None
+    """The last evaluation's other metrics (classification: accuracy, macro_f1)."""
+    confusion_matrix: list[list[int]] | None = None
+    """The last confusion matrix a classification run reported (rows: true class, columns: predicted)."""
+    labels: list[str] | None = None
+    """Classification runs: the class names, in the order of the matrix."""
 
 
 def slug(text: str) -> str:
@@ -206,6 +214,9 @@ def summarize(run_dir: Path) -> RunSummary:
                 last_loss = e.loss
         elif isinstance(e, RunFinished):
             step, max_steps = max(step, e.step), e.max_steps
+    evals = [e for e in events if isinstance(e, EvalEnded)]
+    last_eval = evals[-1] if evals else None
+    matrix = next((e.confusion_matrix for e in reversed(evals) if e.confusion_matrix), None)
     if status == "crashed" and message is None:
         errors = [e for e in current if isinstance(e, LogLine) and e.level in ("ERROR", "CRITICAL")]
         message = errors[-1].message if errors else "the process ended without finishing the run"
@@ -215,7 +226,16 @@ def summarize(run_dir: Path) -> RunSummary:
     return RunSummary(run_id=run_dir.name, run_dir=run_dir, model=model, method=method, status=status,
                       step=step, max_steps=max_steps, last_loss=last_loss, started=started,
                       checkpoint=latest_checkpoint(run_dir), final_dir=final if final.is_dir() else None,
-                      message=message)
+                      message=message, eval_loss=last_eval.eval_loss if last_eval else None,
+                      eval_metrics=dict(last_eval.metrics) if last_eval and last_eval.metrics else None,
+                      confusion_matrix=matrix, labels=_labels(run_dir) if matrix else None)
+
+
+def _labels(run_dir: Path) -> list[str] | None:
+    try:
+        return read_labels(run_dir, run_dir / FINAL)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _read_yaml(path: Path) -> dict | None:

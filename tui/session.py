@@ -87,6 +87,10 @@ class RunState:
     error_kind: str | None = None
     traceback: str | None = None
     first_nonfinite_step: int | None = None
+    eval_metrics: dict = field(default_factory=dict)
+    """The last evaluation's metrics besides the loss (classification: accuracy, macro_f1)."""
+    confusion_matrix: list | None = None
+    """The last evaluation's confusion matrix (classification runs)."""
     logs: deque = field(default_factory=lambda: deque(maxlen=LOG_LINES))
     """(level, message) pairs, oldest first."""
     log_count: int = 0
@@ -136,6 +140,8 @@ class RunState:
         elif isinstance(event, StepEnded):
             self._fold_step(event)
         elif isinstance(event, EvalEnded):
+            self.eval_metrics = dict(event.metrics or {})
+            self.confusion_matrix = event.confusion_matrix or self.confusion_matrix
             if event.eval_loss is not None:
                 self.eval_losses.append((event.step, event.eval_loss))
                 if not is_finite(event.eval_loss) and self.first_nonfinite_step is None:

@@ -71,7 +71,8 @@ class EventCallback(TrainerCallback):
         loss = metrics.pop("eval_loss", None)
         extra = {k.removeprefix("eval_"): v for k, v in metrics.items() if k.startswith("eval_")
                  and isinstance(v, (int, float)) and not k.endswith(("_runtime", "_per_second"))}
-        self.emit(EvalEnded(step=state.global_step, eval_loss=loss, metrics=extra))
+        self.emit(EvalEnded(step=state.global_step, eval_loss=loss, metrics=extra,
+                            confusion_matrix=metrics.get("eval_confusion_matrix")))
         self._restart_clock(state)  # evaluation time is not training time
 
     def on_save(self, args, state, control, **kwargs):

@@ -4,8 +4,8 @@ Heavy libraries are imported inside functions; never imports the UI.
 """
 from __future__ import annotations
 
+import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -51,7 +51,7 @@ def merge_run(run_dir: str | Path, out_dir: str | Path, *, checkpoint: str | Pat
     merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp = _new_temp_dir(out)
     try:
         merged.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
@@ -65,6 +65,19 @@ def merge_run(run_dir: str | Path, out_dir: str | Path, *, checkpoint: str | Pat
         raise
     say(f"merged model written to {out}")
     return out
+
+
+def _new_temp_dir(out: Path) -> Path:
+    """An empty folder beside OUT, created with the umask's permissions (mkdtemp's are owner-only, and the folder is
+    renamed into the user's merged model, which others on the box may need to read)."""
+    n = 0
+    while True:
+        tmp = out.parent / f".{out.name}.{os.getpid()}.{n}.tmp"
+        try:
+            tmp.mkdir()
+            return tmp
+        except FileExistsError:
+            n += 1
 
 
 def _adapter_dir(run_dir: Path, checkpoint) -> Path:

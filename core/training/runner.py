@@ -459,10 +459,11 @@ def training_arguments(config: RunConfig, run_dir: Path, device: str, precision:
 
 
 def _accuracy(eval_pred) -> dict:
-    import numpy as np
+    """Accuracy, macro-F1 and the confusion matrix of a classification evaluation (see core.training.metrics)."""
+    from core.training.metrics import classification_metrics
 
     logits = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
-    return {"accuracy": float((np.argmax(logits, axis=-1) == eval_pred.label_ids).mean())}
+    return classification_metrics(logits, eval_pred.label_ids)
 
 
 # ---------------------------------------------------------------- failures

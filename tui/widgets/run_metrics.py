@@ -8,6 +8,7 @@ from rich.text import Text
 from textual.widgets import Static
 
 from core.events import PHASES
+from core.training.metrics import METRIC_NAMES
 
 PHASE_NAMES = {"loading_model": "load model", "preparing_data": "prepare data", "training": "train",
                "saving": "save"}
@@ -45,6 +46,16 @@ def count(value: int | None) -> str:
         if abs(value) >= size:
             return f"{value / size:.3g}{unit}"
     return str(value)
+
+
+def file_size(value: int | None) -> str:
+    """`24.3 MiB`, `3.21 GiB`: bytes on disk, in the binary units the app uses for memory."""
+    if value is None:
+        return "–"
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if value >= size:
+            return f"{value / size:.3g} {unit}"
+    return f"{value} B"
 
 
 def status_text(state, *, model: str = "", method: str = "") -> Text:
@@ -111,6 +122,10 @@ def metrics_table(state) -> Table:
     row("loss", number(state.loss, ".4f"), loss_style)
     if state.eval_losses:
         row("eval loss", number(state.eval_losses[-1][1], ".4f"))
+    for key, name in METRIC_NAMES.items():  # classification runs
+        value = state.eval_metrics.get(key)
+        if isinstance(value, (int, float)):
+            row(name, number(value, ".3f"), "bold")
     row("lr", number(state.learning_rate, ".2e"))
     row("grad norm", number(state.grad_norm, ".3g"))
     row("tokens/s", "–" if state.tokens_per_second is None else f"{state.tokens_per_second:,.0f}")
@@ -152,7 +167,7 @@ class RunMetrics(Static):
         key = (state.loss, state.eval_losses[-1] if state.eval_losses else None, state.learning_rate,
                state.grad_norm, state.tokens_per_second, state.step_seconds, round(state.elapsed_seconds),
                state.eta_seconds and round(state.eta_seconds), state.gpu_memory_gib, state.peak_gpu_memory_gib,
-               id(state.model), id(state.data))
+               id(state.model), id(state.data), tuple(sorted(state.eval_metrics.items())))
         if key != self._shown:
             self._shown = key
             self.update(metrics_table(state), layout=False)
