@@ -2,7 +2,8 @@
 
 Layout: config.yaml (full resolved config), events.jsonl (one event per line, appended), run.pid (while a process
 trains it), labels.json (classification runs: the class names, in the head's order), checkpoints/checkpoint-<step>/,
-final/ (adapter or full model, tokenizer, labels.json).
+final/ (adapter or full model, tokenizer, labels.json), output.log (what the process printed after its terminal went
+away), control.json (a pause/resume/stop request waiting for the runner; see core.control).
 """
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ PID_FILE = "run.pid"
 CHECKPOINTS = "checkpoints"
 FINAL = "final"
 LABELS_FILE = "labels.json"
+LOG_FILE = "output.log"
+CONTROL_FILE = "control.json"
 
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
@@ -55,6 +58,10 @@ class RunSummary:
     """The last confusion matrix a classification run reported (rows: true class, columns: predicted)."""
     labels: list[str] | None = None
     """Classification runs: the class names, in the order of the matrix."""
+    pid: int | None = None
+    """The training process while the run is running (on this host)."""
+    eta_seconds: float | None = None
+    """The last reported time to the end, while running."""
 
 
 def slug(text: str) -> str:
@@ -97,6 +104,19 @@ def clear_pid(run_dir: Path) -> None:
         (run_dir / PID_FILE).unlink()
     except OSError:
         pass
+
+
+def read_pid(run_dir: str | Path) -> int | None:
+    """The pid in run.pid when it was written on this host and that process still runs; None otherwise."""
+    run_dir = Path(run_dir)
+    try:
+        info = json.loads((run_dir / PID_FILE).read_text())
+        pid = int(info["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if info.get("host") != socket.gethostname() or not _owner_alive(run_dir):
+        return None
+    return pid
 
 
 def is_running(run_dir: str | Path) -> bool:
@@ -179,6 +199,11 @@ def list_runs(output_dir: str | Path) -> list[RunSummary]:
     return runs
 
 
+def live_runs(output_dir: str | Path) -> list[RunSummary]:
+    """The runs under OUTPUT_DIR whose process still trains, newest first."""
+    return [r for r in list_runs(output_dir) if r.status == "running"]
+
+
 def summarize(run_dir: Path) -> RunSummary:
     run_dir = Path(run_dir)
     try:
@@ -223,12 +248,17 @@ def summarize(run_dir: Path) -> RunSummary:
 
     started = started_events[0].time if started_events else _mtime(run_dir)
     final = run_dir / FINAL
+    pid = eta = None
+    if status == "running":
+        pid = read_pid(run_dir)
+        eta = next((e.eta_seconds for e in reversed(current) if isinstance(e, StepEnded)), None)
     return RunSummary(run_id=run_dir.name, run_dir=run_dir, model=model, method=method, status=status,
                       step=step, max_steps=max_steps, last_loss=last_loss, started=started,
                       checkpoint=latest_checkpoint(run_dir), final_dir=final if final.is_dir() else None,
                       message=message, eval_loss=last_eval.eval_loss if last_eval else None,
                       eval_metrics=dict(last_eval.metrics) if last_eval and last_eval.metrics else None,
-                      confusion_matrix=matrix, labels=_labels(run_dir) if matrix else None)
+                      confusion_matrix=matrix, labels=_labels(run_dir) if matrix else None,
+                      pid=pid, eta_seconds=eta)
 
 
 def _labels(run_dir: Path) -> list[str] | None:
@@ -257,4 +287,5 @@ def _mtime(path: Path) -> float:
 
 __all__ = ["RunSummary", "new_run_dir", "list_runs", "summarize", "is_running", "latest_checkpoint", "checkpoints",
            "checkpoint_step", "load_run_config", "run_id_for", "slug", "write_pid", "clear_pid",
-           "CONFIG_FILE", "EVENTS_FILE", "CHECKPOINTS", "FINAL", "LABELS_FILE", "write_labels", "read_labels"]
+           "CONFIG_FILE", "EVENTS_FILE", "CHECKPOINTS", "FINAL", "LABELS_FILE", "write_labels", "read_labels",
+           "LOG_FILE", "CONTROL_FILE", "read_pid", "live_runs"]

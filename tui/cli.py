@@ -15,6 +15,9 @@ SUBCOMMANDS = {
     "export": ("export", "merge a LoRA/QLoRA run into a standalone model"),
     "gpus": ("gpus", "show GPUs, their processes and the host"),
     "estimate": ("estimate", "estimate peak GPU memory per method and recommend one"),
+    "pause": ("control", "pause a running run (in the app, detached or headless) after its current step"),
+    "resume": ("control", "resume a paused run"),
+    "stop": ("control", "stop a running run after its current step, saving a checkpoint"),
 }
 
 

@@ -106,6 +106,8 @@ class _Session:
         self.callback = None
         self.trainer = None
         self.estimated_peak_gib: float | None = None
+        self.channel = None
+        """The run folder's control channel (pause/resume/stop from a shell or another app)."""
 
     # ---------------------------------------------------------------- events
 
@@ -120,7 +122,10 @@ class _Session:
         try:
             self.user_emit(event)
         except Exception:  # a broken listener must not kill the training
-            traceback.print_exc(file=sys.__stderr__)
+            try:
+                traceback.print_exc(file=sys.__stderr__)
+            except (OSError, ValueError):  # nor a terminal that went away (EIO) or a closed pipe
+                pass
 
     def _open_events(self) -> None:
         self.events_file = open(self.run_dir / rundir.EVENTS_FILE, "a", encoding="utf-8")
@@ -203,6 +208,9 @@ class _Session:
         cfg.save(config, self.run_dir / rundir.CONFIG_FILE)
         self._open_events()
         rundir.write_pid(self.run_dir)
+        from core.control import ControlChannel
+
+        self.channel = ControlChannel(self.run_dir, self.control).start()
         self.emit(RunStarted(run_id=self.run_dir.name, run_dir=str(self.run_dir), config=cfg.to_dict(config),
                              resumed_from=str(checkpoint) if checkpoint else None))
         self._preflight()
@@ -390,6 +398,9 @@ class _Session:
         return None
 
     def _close(self) -> None:
+        if self.channel is not None:
+            self.channel.close()
+            self.channel = None
         with self.lock:
             if self.events_file is not None:
                 self.events_file.close()

@@ -1,13 +1,16 @@
 """`tunetui train CONFIG.yaml [--set k=v]... [--resume RUN_DIR]`: a headless run with a progress bar on stderr.
 
-Runs the same engine as the app (core.training.runner.run). Ctrl-C, SIGTERM and SIGHUP stop cooperatively: the
-current step ends, a checkpoint is saved, and the run can be resumed with --resume. Never imports textual.
+Runs the same engine as the app (core.training.runner.run). Ctrl-C and SIGTERM stop cooperatively: the current step
+ends, a checkpoint is saved, and the run can be resumed with --resume. SIGHUP (the terminal went away) does not stop
+it: training goes on and what it prints goes to the run folder's output.log. Never imports textual.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -33,6 +36,9 @@ def run(args: argparse.Namespace) -> int:
     from core import config as cfg
     from core.control import RunControl
 
+    from core.terminal import guard_std_streams
+
+    guard_std_streams()  # nothing printed, by us or a library, may fail the run once the terminal is gone
     config = _load_config(args, cfg)
     if args.output_dir:
         config = replace(config, output=replace(config.output, dir=args.output_dir))
@@ -60,7 +66,8 @@ def _load_config(args, cfg):
 
 
 class _SignalStopper:
-    """First SIGINT/SIGTERM/SIGHUP: stop after this step and save. A second Ctrl-C aborts without saving."""
+    """First SIGINT/SIGTERM: stop after this step and save. A second Ctrl-C aborts without saving. SIGHUP: keep
+    training, detached from the dead terminal (left alone when it was ignored already, as under nohup)."""
 
     SIGNALS = tuple(s for s in (getattr(signal, n, None) for n in ("SIGINT", "SIGTERM", "SIGHUP")) if s is not None)
 
@@ -73,6 +80,8 @@ class _SignalStopper:
     def __enter__(self):
         for sig in self.SIGNALS:
             try:
+                if sig == getattr(signal, "SIGHUP", None) and signal.getsignal(sig) == signal.SIG_IGN:
+                    continue  # nohup: the user asked for hang-ups to be ignored, and they are
                 self._previous[sig] = signal.signal(sig, self._handle)
             except ValueError:  # not the main thread (e.g. called from tests in a worker): no handlers
                 break
@@ -84,6 +93,9 @@ class _SignalStopper:
         return False
 
     def _handle(self, signum, frame):
+        if signum == getattr(signal, "SIGHUP", None):
+            self.display.hang_up()
+            return
         if self.signal_number is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.signal_number = signum
@@ -105,6 +117,10 @@ class _Display:
         self.run_dir: str | None = None
         self.final = None
         self._last_plain_step = 0
+        self.hung_up = False
+        """The terminal went away (SIGHUP): output goes to the run's output.log."""
+        self._output: str | None = None
+        self._detached_step: int | None = None
 
     def __enter__(self):
         return self
@@ -116,6 +132,8 @@ class _Display:
     # ---------------------------------------------------------------- events
 
     def on_event(self, event) -> None:
+        if self.hung_up and self._detached_step is None:
+            self._continue_detached(event)
         name = type(event).__name__
         handler = getattr(self, f"_on_{name}", None)
         if handler:
@@ -123,6 +141,11 @@ class _Display:
 
     def _on_RunStarted(self, e):
         self.run_dir = e.run_dir
+        if self.hung_up and self._output == os.devnull:  # hung up before the run had a folder: log there now
+            from core import rundir
+            from core.terminal import detach_from_terminal
+
+            self._output = detach_from_terminal(Path(e.run_dir) / rundir.LOG_FILE)
         verb = f"resuming from {e.resumed_from}" if e.resumed_from else "run folder"
         self.note(f"[bold]tunetui train[/] {verb}: {e.run_dir}")
 
@@ -191,6 +214,34 @@ class _Display:
             self.console.print(_escape(e.traceback.rstrip()), style="dim", soft_wrap=True)
         where = f" (run folder: {e.run_dir})" if e.run_dir else ""
         self.console.print(f"[bold red]failed[/]: {_escape(e.message)}{where}", soft_wrap=True)
+
+    # ---------------------------------------------------------------- hang-up
+
+    def hang_up(self) -> None:
+        """SIGHUP handler (main thread, between two bytecodes of whatever runs): mute the console at once and point
+        fds 0/1/2 away from the dead terminal. Swapping the console waits for the next event (`on_event`), outside
+        the handler: stopping the progress bar there could deadlock on the lock its refresh thread shares."""
+        from core import rundir
+        from core.terminal import detach_from_terminal
+
+        if self.hung_up:
+            return
+        self.console.quiet = True  # the bar's refresh thread writes nothing from now on
+        self.hung_up = True
+        log_path = Path(self.run_dir) / rundir.LOG_FILE if self.run_dir else None
+        self._output = detach_from_terminal(log_path)
+
+    def _continue_detached(self, event) -> None:
+        from rich.console import Console
+
+        self._stop_bar()
+        # stderr is now the run's log (or /dev/null): a fresh console sees a plain file and writes no colours.
+        self.console = Console(stderr=True, highlight=False)
+        self.live = False
+        step = getattr(event, "step", None)
+        self._detached_step = step if isinstance(step, int) else 0
+        self.note(f"{time.strftime('%Y-%m-%d %H:%M:%S')} terminal hung up (SIGHUP): training goes on in process "
+                  f"{os.getpid()}; its output continues here")
 
     # ---------------------------------------------------------------- helpers
 
