@@ -60,3 +60,20 @@ def test_export_refuses_without_writing_anything(lora_run, tmp_path, capsys):
     assert main(["export", str(not_a_run), "--merge", str(tmp_path / "out")]) == 2
     assert "is not a run folder" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_merged_model_is_readable_by_others_under_the_usual_umask(lora_run, tmp_path, capsys):
+    import os
+    import stat
+
+    outcome, _ = lora_run
+    out = tmp_path / "merged"
+    old = os.umask(0o022)
+    try:
+        assert main(["export", str(outcome.run_dir), "--merge", str(out)]) == 0
+    finally:
+        os.umask(old)
+    capsys.readouterr()
+    for path in [out, *out.rglob("*")]:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        assert mode & stat.S_IROTH and mode & stat.S_IRGRP, f"{path} is {oct(mode)}"

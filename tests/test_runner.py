@@ -331,3 +331,33 @@ def test_periodic_evaluation_starts_from_the_base_models_loss(output_dir, small_
     evals = [(e.step, e.eval_loss) for e in events if isinstance(e, EvalEnded)]
     assert [step for step, _ in evals] == [0, 5, 10]
     assert evals[-1][1] < evals[0][1]  # the chart's first point is the untrained model, so the drop shows
+
+
+def test_classification_metrics_by_hand():
+    from core.training.metrics import classification_metrics
+
+    # 3 classes; truth 0,0,1,1,2 predicted 0,1,1,1,0 (class 2 never predicted).
+    logits = [[9, 0, 0], [0, 9, 0], [0, 9, 0], [0, 9, 0], [9, 0, 0]]
+    got = classification_metrics(logits, [0, 0, 1, 1, 2])
+    assert got["confusion_matrix"] == [[1, 1, 0], [0, 2, 0], [1, 0, 0]]
+    assert got["accuracy"] == pytest.approx(3 / 5)
+    # F1 per class: 0 -> 2*1/(2+2)=0.5, 1 -> 2*2/(2+3)=0.8, 2 -> 0: mean 0.4333.
+    assert got["macro_f1"] == pytest.approx((0.5 + 0.8 + 0.0) / 3)
+
+
+def test_classification_evaluations_report_accuracy_macro_f1_and_a_confusion_matrix(output_dir, small_config,
+                                                                                   sentiment_csv):
+    config = small_config(output_dir, model={"name_or_path": "demo:tiny-llama"},
+                          method={"kind": "lora", "lora": {"r": 8, "alpha": 16}},
+                          data={"path": str(sentiment_csv), "max_samples": None, "val_size": 8, "max_length": 32},
+                          train={"max_steps": 20, "batch_size": 8, "lr": 3e-3, "eval_steps": 10})
+    outcome = run(config, lambda e: None)
+    assert outcome.status == "finished", outcome.event
+    evals = [e for e in read_events(outcome.run_dir / rundir.EVENTS_FILE) if isinstance(e, EvalEnded)]
+    assert evals and all({"accuracy", "macro_f1"} <= set(e.metrics) for e in evals)
+    last = evals[-1]
+    assert 0.0 <= last.metrics["macro_f1"] <= 1.0
+    assert len(last.confusion_matrix) == 2 and sum(map(sum, last.confusion_matrix)) == 8
+    summary = rundir.summarize(outcome.run_dir)
+    assert summary.eval_metrics["accuracy"] == last.metrics["accuracy"]
+    assert sorted(summary.labels) == ["negative", "positive"]

@@ -48,16 +48,6 @@ def count(value: int | None) -> str:
     return str(value)
 
 
-def file_size(value: int | None) -> str:
-    """`24.3 MiB`, `3.21 GiB`: bytes on disk, in the binary units the app uses for memory."""
-    if value is None:
-        return "–"
-    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if value >= size:
-            return f"{value / size:.3g} {unit}"
-    return f"{value} B"
-
-
 def status_text(state, *, model: str = "", method: str = "") -> Text:
     """`▶ running  demo:tiny-llama · lora · run-id` (with the phase while it is not training yet)."""
     status = state.status
