@@ -4,6 +4,7 @@ Imported only inside the runner (it pulls in transformers); never imports the UI
 """
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -11,6 +12,9 @@ from transformers import TrainerCallback
 
 from core.control import RunControl
 from core.events import CheckpointSaved, Emit, EvalEnded, RunPaused, RunResumed, StepEnded
+from core.training.guard import ClimbWatch
+
+log = logging.getLogger(__name__)
 
 PAUSE_POLL_SECONDS = 0.2
 
@@ -35,6 +39,7 @@ class EventCallback(TrainerCallback):
         self._pending: dict | None = None
         self._cuda = False
         self.last_step = 0
+        self.climb = ClimbWatch()
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -64,6 +69,9 @@ class EventCallback(TrainerCallback):
         logs = logs or {}
         if self._pending is not None and "loss" in logs:
             self._emit_step(logs)
+            warning = self.climb.observe(state.global_step, _num(logs.get("loss")))
+            if warning:  # forwarded as a LogLine: the log in the app and on the terminal
+                log.warning("%s", warning)
             self._obey(control)
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):

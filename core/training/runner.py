@@ -287,18 +287,19 @@ class _Session:
         return report
 
     def _train(self, config, device, precision, prepared, tokenizer, model, checkpoint) -> RunOutcome:
-        from transformers import Trainer
         from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
         from core.training.callbacks import EventCallback
+        from core.training.guard import GuardedTrainer
 
+        self.precision = precision
         has_val = prepared.val is not None and len(prepared.val) > 0
         args = training_arguments(config, self.run_dir, device, precision, has_val=has_val)
         if checkpoint:
             args.eval_on_start = False  # a resumed run's curve already starts from the base model's loss
         self.callback = EventCallback(self.emit, self.control)
-        trainer = Trainer(
-            model=model, args=args, train_dataset=prepared.train,
+        trainer = GuardedTrainer(
+            check_grad_norm=precision != "fp16", model=model, args=args, train_dataset=prepared.train,
             eval_dataset=prepared.val if has_val else None,
             data_collator=prepared.collator(tokenizer), processing_class=tokenizer,
             callbacks=[self.callback],
@@ -370,7 +371,24 @@ class _Session:
         self.emit(event)
         return RunOutcome("failed", self.run_dir, None, self._step_now() or 0, event)
 
+    def _fail_known(self, exc: Exception) -> RunOutcome | None:
+        """A run that failed for a reason it can name (diverged); None for anything else."""
+        from core.training.guard import Diverged, divergence_advice
+
+        if not isinstance(exc, Diverged):
+            return None
+        step = exc.step  # the step that diverged (it was not applied), as the message says
+        message = divergence_advice(exc, self.config.train, getattr(self, "precision", ""), self.run_dir,
+                                    rundir.latest_checkpoint(self.run_dir) if self.run_dir else None)
+        event = RunFailed(message=message, kind="diverged", run_dir=str(self.run_dir) if self.run_dir else None,
+                          step=step)
+        self.emit(event)
+        return RunOutcome("failed", self.run_dir, None, step or 0, event)
+
     def _fail(self, exc: BaseException) -> RunOutcome:
+        known = self._fail_known(exc) if isinstance(exc, Exception) else None
+        if known is not None:
+            return known
         step = self._step_now()
         tb = traceback.format_exc()
         if _is_oom(exc):
@@ -450,6 +468,8 @@ def training_arguments(config: RunConfig, run_dir: Path, device: str, precision:
             activation_checkpointing=t.gradient_checkpointing,
             activation_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
             logging_strategy="steps", logging_steps=t.logging_steps,
+            # The filter logs a NaN loss as the running mean (a dead run reads "loss 0.0"); GuardedTrainer stops it.
+            logging_nan_inf_filter=False,
             eval_strategy="steps" if evaluate_every else "no", eval_steps=t.eval_steps if evaluate_every else None,
             # The curve starts from the base model's loss, so a chart shows how far the run moved it.
             eval_on_start=evaluate_every,
