@@ -1,6 +1,6 @@
 """The real `tunetui` in a real terminal (tmux, 100x30): open a config, launch the demo, watch it train, pause,
-resume, answer the stop question, then lose the terminal mid-run (SIGHUP, as when SSH drops): the run must stop
-with a checkpoint and the app exit. The screen is read the way a user sees it (tmux capture-pane)."""
+resume, answer the stop question, then lose the terminal mid-run (SIGHUP, as when SSH drops): the run must go on
+training to its last step in the same process, which then exits. The screen is read the way a user sees it (tmux capture-pane)."""
 from __future__ import annotations
 
 import json
@@ -78,6 +78,12 @@ def _last_event(run_dir: Path) -> dict:
     return json.loads(lines[-1]) if lines else {}
 
 
+def _last_step(tmp_path: Path) -> int:
+    steps = [json.loads(line).get("step", 0) for log in (tmp_path / "runs").glob("*/events.jsonl")
+             for line in log.read_text(encoding="utf-8").splitlines() if '"StepEnded"' in line]
+    return max(steps, default=0)
+
+
 def _quote(text: str) -> str:
     return "'" + text.replace("'", "'\\''") + "'"
 
@@ -87,7 +93,7 @@ def test_tunetui_trains_the_demo_in_a_real_terminal(tmp_path):
         pytest.skip(f"{TUNETUI} is not installed (pip install -e .)")
     config = cfg.RunConfig(
         data=cfg.DataSpec(path="demo:alpaca_en", max_length=64, val_size=0),
-        train=cfg.TrainSpec(max_steps=500, batch_size=2, save_steps=1000, eval_steps=0, warmup_ratio=0.0),
+        train=cfg.TrainSpec(max_steps=400, batch_size=2, save_steps=1000, eval_steps=0, warmup_ratio=0.0),
         output=cfg.OutputSpec(dir=str(tmp_path / "runs")))
     cfg.save(config, tmp_path / "demo.yaml")
     env = {"HF_HUB_CACHE": str(tmp_path / "hf"), "TUNETUI_CONFIG_DIR": str(tmp_path / "config"),
@@ -109,7 +115,7 @@ def _drive_then_hang_up(term: Tmux, tmp_path: Path) -> None:
         # `tunetui CONFIG.yaml` opens on Review with that config; l launches.
         term.wait_for("Launch", timeout=30)
         term.keys("l")
-        screen = term.wait_for("/500", timeout=180)
+        screen = term.wait_for("/400", timeout=180)
         assert "demo:tiny-llama · lora" in screen
         screen = term.wait_for("tokens/s", timeout=60)
         assert "loss" in screen and ("No NVIDIA GPU" in screen or "GPU0" in screen)
@@ -124,19 +130,21 @@ def _drive_then_hang_up(term: Tmux, tmp_path: Path) -> None:
         term.wait_for("Stop the run?", timeout=20)
         term.keys("n")
         term.wait_for("▶ running", timeout=20)
+        steps_at_hang_up = _last_step(tmp_path)
     finally:
         term.close()  # the terminal goes away mid-run (SIGHUP), as when an SSH connection drops
 
-    # The run must end cleanly, stopped with a checkpoint it can be resumed from.
+    # The hang-up does not stop the run: the same process trains on, headless, to the last step, then exits.
     runs = [p for p in (tmp_path / "runs").iterdir() if p.is_dir()]
     assert len(runs) == 1
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + 300
     while _last_event(runs[0]).get("event") not in ("RunFinished", "RunFailed") and time.monotonic() < deadline:
         time.sleep(0.5)
     last = _last_event(runs[0])
-    assert last.get("event") == "RunFinished" and last.get("stopped"), f"the run did not stop cleanly: {last}"
-    assert (runs[0] / "checkpoints" / f"checkpoint-{last['step']}" / "trainer_state.json").is_file()
+    assert last.get("event") == "RunFinished" and not last.get("stopped") and last.get("step") == 400, last
+    assert (runs[0] / "final" / "adapter_config.json").is_file()
+    assert steps_at_hang_up < 400, "the run ended before the hang-up: nothing was tested"
     deadline = time.monotonic() + 30
     while _alive(term.pid) and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert not _alive(term.pid), "tunetui did not exit within 30 s of losing its terminal (its run was checkpointed)"
+    assert not _alive(term.pid), "tunetui did not exit within 30 s of its run finishing after the hang-up"

@@ -153,6 +153,8 @@ class TuneApp(App):
         self.session = TrainingSession(self)
         self.warm_imports = warm_imports
         self._exit_when_stopped = False
+        self.hung_up = False
+        """The terminal went away (SIGHUP): a running run trains on, headless, until it ends."""
 
     # ------------------------------------------------------------------ start-up
 
@@ -289,29 +291,34 @@ class TuneApp(App):
             self.exit()
 
     def hang_up(self) -> None:
-        """The terminal went away: checkpoint the run (if any) and leave."""
-        log.warning("terminal hung up; stopping")
+        """The terminal went away: leave the UI; a run (if any) goes on training in this process, headless."""
         if self.session.running:
-            self.stop_run_and_exit()
-        else:
-            self.exit()
+            log.warning("terminal hung up; the run goes on training in process %s", os.getpid())
+        self.exit()
 
     def on_hung_up(self, message: HungUp) -> None:
         self.hang_up()
 
     def _on_sighup(self, signum: int, frame: Any) -> None:
         """SIGHUP (the SSH connection dropped). A plain signal handler, not the event loop's: once the terminal is
-        gone, a write can block the UI thread for good, and the run must still stop with a checkpoint."""
-        self.session.stop(save=True)  # thread-safe flags; the trainer checkpoints at the end of its step
+        gone, a write can block the UI thread for good, and the run must go on regardless."""
+        from core import rundir
+        from core.terminal import detach_from_terminal
+
+        self.hung_up = True
+        run_dir = self.session.state.run_dir
+        # Every later write (Textual's goodbye, library warnings) lands in the run's log instead of raising EIO on
+        # the dead terminal or blocking on it.
+        detach_from_terminal(os.path.join(run_dir, rundir.LOG_FILE) if run_dir else None)
         self.post_message(HungUp())  # the rest happens on the UI loop, in the App's context
         threading.Thread(target=self._leave_after_hang_up, name="hang-up", daemon=True).start()
 
     def _leave_after_hang_up(self) -> None:
-        # With no terminal, shutting the UI down may never finish (Textual writes its goodbye to a dead tty).
-        # Once the run has ended (checkpoint written, events.jsonl closed), nothing is left to save: leave.
+        # With no terminal, shutting the UI down may never finish. Once the run has ended (final/ or its failure
+        # written, events.jsonl closed), nothing is left to do: leave.
         self.session.wait()
         time.sleep(HANG_UP_GRACE_SECONDS)  # a clean exit usually wins this race
-        os._exit(128 + signal.SIGHUP)
+        os._exit(0)
 
 
 def _warm_training_imports() -> None:
@@ -337,8 +344,9 @@ def main(config_path: str | None = None, output_dir: str | None = None) -> int:
     try:
         app.run()
     finally:
-        # However the app ended (quit, hang-up, crash), never leave a run without its checkpoint.
-        if app.session.running:
+        # However the app ended (quit, crash), never leave a run without its checkpoint; after a hang-up the run
+        # trains on to its end in this process, as it would have in the open app.
+        if app.session.running and not app.hung_up:
             app.session.stop(save=True)
         app.session.wait()
     return app.return_code or 0
