@@ -140,3 +140,34 @@ def test_headless_train_survives_its_terminal_going_away(tmp_path):
     assert (run_dir / rundir.FINAL).is_dir()
     assert any(isinstance(e, CheckpointSaved) for e in read_events(run_dir / rundir.EVENTS_FILE))
     assert "hung up" in (run_dir / rundir.LOG_FILE).read_text(encoding="utf-8")
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+def test_attach_from_a_new_terminal_shows_the_live_run_and_pauses_it(tmp_path):
+    from test_tmux import Tmux
+
+    out = tmp_path / "runs"
+    proc = _start(out, max_steps=100000, cwd=tmp_path)
+    term = None
+    try:
+        run_dir = _wait(lambda: _run_dir(out), 180, "the first step", proc)
+        env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", str(tmp_path)),
+               "TERM": "xterm-256color", "TUNETUI_CONFIG_DIR": str(tmp_path / "config"),
+               "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
+        term = Tmux([TUNETUI, "attach", "--output-dir", str(out)], tmp_path, env, size=(120, 36))
+        term.wait_for("▶ running", timeout=60)
+        term.wait_for("tokens/s", timeout=60)
+        term.keys("p")
+        term.wait_for("⏸ paused", timeout=60)  # the run's own RunPaused, read back from its events.jsonl
+        assert any(isinstance(e, RunPaused) for e in read_events(run_dir / rundir.EVENTS_FILE))
+        term.keys("C-q")  # leaving the viewer leaves the run paused, not stopped
+        _wait(term.dead, 30, "the viewer to close")
+        assert proc.poll() is None and rundir.summarize(run_dir).status == "running"
+        stopped = _ctl("stop", run_dir)
+        assert stopped.returncode == 0 and "stopped at step" in stopped.stdout, stopped
+        proc.wait(timeout=120)
+    finally:
+        if term is not None:
+            term.close()
+        if proc.poll() is None:
+            proc.kill()

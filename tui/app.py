@@ -40,6 +40,8 @@ POLL_SECONDS = 1.5
 
 DEMO_DATA = "demo:alpaca_en"
 HANG_UP_GRACE_SECONDS = 2.0
+FOLLOW_SECONDS = 0.1
+"""How often an attached run's events.jsonl is checked for new lines (one fstat when nothing changed)."""
 """After a hang-up and the end of the run, how long the UI gets to close itself before the process just ends."""
 
 # name -> (module under tui.screens, class, title); the order is the order of the number keys.
@@ -154,6 +156,8 @@ class TuneApp(App):
         self.warm_imports = warm_imports
         self._exit_when_stopped = False
         self.hung_up = False
+        self.attach_dir: str | None = None
+        """A run folder to follow on the Run view once the first frame is up (`tunetui attach`)."""
         """The terminal went away (SIGHUP): a running run trains on, headless, until it ends."""
 
     # ------------------------------------------------------------------ start-up
@@ -164,6 +168,8 @@ class TuneApp(App):
             signal.signal(signal.SIGHUP, self._on_sighup)
 
     def _after_first_frame(self) -> None:
+        if self.attach_dir:
+            self.attach(self.attach_dir)
         self.poll_sampler()
         self.set_interval(POLL_SECONDS, self.poll_sampler, name="sampler")
         if self.warm_imports:
@@ -233,9 +239,34 @@ class TuneApp(App):
             remember_model(config.model.name_or_path)
         except Exception:  # noqa: BLE001 - the recent-models list is a convenience; never block a launch on it
             log.exception("could not remember the model")
+        if not self.session.owns_process:  # the followed run has ended: this app trains its own again
+            from tui.session import TrainingSession
+
+            self._stop_following()
+            self.session = TrainingSession(self)
         self.session.start(config, resume_from=resume_from)
         self.show("run")
         return True
+
+    def attach(self, run_dir: str) -> bool:
+        """Follow a run trained by another process on the Run view; False while this app trains its own."""
+        from tui.session import AttachedSession
+
+        if self.session.running and self.session.owns_process:
+            self.notify("This app is training a run; attach to another once it ends.", title="Cannot attach",
+                        severity="warning")
+            return False
+        self._stop_following()
+        self.session = AttachedSession(self, run_dir)
+        self._follow_timer = self.set_interval(FOLLOW_SECONDS, self.session.poll, name="follow-run")
+        self.show("run")
+        return True
+
+    def _stop_following(self) -> None:
+        timer = getattr(self, "_follow_timer", None)
+        if timer is not None:
+            timer.stop()
+            self._follow_timer = None
 
     def on_engine_event(self, message: Any) -> None:
         self.session.handle(message.event)
@@ -266,8 +297,8 @@ class TuneApp(App):
         if self._exit_when_stopped:
             self.exit()  # second ctrl+q while stopping: leave now; the thread still finishes its checkpoint
             return
-        if not self.session.running:
-            self.exit()
+        if not self.session.running or not self.session.owns_process:
+            self.exit()  # closing a viewer of another process's run changes nothing for that run
             return
         from tui.widgets.confirm import ConfirmScreen
 
@@ -331,22 +362,25 @@ def _warm_training_imports() -> None:
 
 def create_app(config: RunConfig | None = None, *, sampler: Any = None, output_dir: str | None = None,
                models_dir: str | None = None, start_screen: str | None = None, config_path: str | None = None,
-               warm_imports: bool = False) -> TuneApp:
+               warm_imports: bool = False, attach_dir: str | None = None) -> TuneApp:
     """The one way to build the app, shared by the CLI and the tests."""
     models_dir = models_dir or os.environ.get("TUNETUI_MODELS_DIR")
-    return TuneApp(config, sampler=sampler, output_dir=output_dir, models_dir=models_dir,
-                   start_screen=start_screen, config_path=config_path, warm_imports=warm_imports)
+    app = TuneApp(config, sampler=sampler, output_dir=output_dir, models_dir=models_dir,
+                  start_screen=start_screen, config_path=config_path, warm_imports=warm_imports)
+    app.attach_dir = attach_dir
+    return app
 
 
-def main(config_path: str | None = None, output_dir: str | None = None) -> int:
-    """`tunetui [CONFIG.yaml]`: run the app; returns the exit code."""
-    app = create_app(config_path=config_path, output_dir=output_dir, warm_imports=True)
+def main(config_path: str | None = None, output_dir: str | None = None, attach_dir: str | None = None) -> int:
+    """`tunetui [CONFIG.yaml]`: run the app (`attach_dir`: on the live view of that run); returns the exit code."""
+    app = create_app(config_path=config_path, output_dir=output_dir, warm_imports=attach_dir is None,
+                     attach_dir=attach_dir)
     try:
         app.run()
     finally:
         # However the app ended (quit, crash), never leave a run without its checkpoint; after a hang-up the run
         # trains on to its end in this process, as it would have in the open app.
-        if app.session.running and not app.hung_up:
+        if app.session.running and app.session.owns_process and not app.hung_up:
             app.session.stop(save=True)
         app.session.wait()
     return app.return_code or 0

@@ -18,6 +18,7 @@ SUBCOMMANDS = {
     "pause": ("control", "pause a running run (in the app, detached or headless) after its current step"),
     "resume": ("control", "resume a paused run"),
     "stop": ("control", "stop a running run after its current step, saving a checkpoint"),
+    "attach": ("attach", "watch and control a run trained by another process, live in the app"),
 }
 
 

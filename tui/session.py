@@ -222,6 +222,9 @@ class TrainingSession:
     group "training". `handle` must be called on the UI thread (the App's `on_engine_event` does).
     """
 
+    owns_process = True
+    """True: the run trains in this process (quitting the app must stop it); False: it is followed from its folder."""
+
     def __init__(self, app: "App") -> None:
         self.app = app
         self.state = RunState()
@@ -293,7 +296,8 @@ class TrainingSession:
                 where = f" Saved to {event.final_dir}." if event.final_dir else ""
                 self._notify(f"Run finished at step {event.step}.{where}", "Run finished")
         elif isinstance(event, RunFailed):
-            title = {"out_of_memory": "Out of GPU memory", "user_error": "Run cannot start"}.get(
+            title = {"out_of_memory": "Out of GPU memory", "user_error": "Run cannot start",
+                     "diverged": "Training diverged"}.get(
                 event.kind, "Run failed")
             self._notify(event.message, title, severity="error", timeout=30)
         elif bad_before is None and state.first_nonfinite_step is not None:
@@ -335,6 +339,74 @@ class TrainingSession:
         return True if self._done is None else self._done.wait(timeout)
 
 
+class _RemoteControl:
+    """RunControl's twin for a run trained by another process: each call becomes a request in the run folder's
+    control file, which that process obeys at the end of its current step (stopping always saves a checkpoint)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+
+    def _request(self, command: str) -> None:
+        from core.control import request
+
+        request(self.run_dir, command)
+
+    def pause(self) -> None:
+        self._request("pause")
+
+    def resume(self) -> None:
+        self._request("resume")
+
+    def stop(self, save: bool = True) -> None:
+        self._request("stop")
+
+
+class AttachedSession(TrainingSession):
+    """A run trained by another process (a headless `tunetui train`, an app that lost its terminal), drawn by the
+    same Run view: its events.jsonl is folded once from the start, then followed (only appended lines are read).
+    Pause, resume and stop go through the run folder's control file. Closing the viewer changes nothing for the run,
+    and the viewer never writes to events.jsonl."""
+
+    owns_process = False
+
+    def __init__(self, app: "App", run_dir: str | Path) -> None:
+        from core import rundir
+        from core.follow import EventTail
+
+        super().__init__(app)
+        self.run_dir = Path(run_dir)
+        self.control = _RemoteControl(self.run_dir)
+        self.tail = EventTail(self.run_dir / rundir.EVENTS_FILE)
+        for event in self.tail.read_new():  # the history, quietly: no notifications for what already happened
+            self.state.fold(event)
+        self.state.run_dir = self.state.run_dir or str(self.run_dir)
+        self._alive = True
+        self._check_alive()
+
+    @property
+    def running(self) -> bool:
+        return self._alive and not self.state.final
+
+    def start(self, config: "RunConfig", resume_from: str | None = None) -> None:
+        raise RuntimeError("an attached session follows a run; it does not start one")
+
+    def poll(self) -> None:
+        """Fold what the run appended since the last poll (UI thread, on a ≤ 10 Hz timer)."""
+        for event in self.tail.read_new():
+            self.handle(event)
+        self._check_alive()
+
+    def _check_alive(self) -> None:
+        from core import rundir
+
+        if self._alive and not self.state.final and not rundir.is_running(self.run_dir):
+            self._alive = False
+            for event in self.tail.read_new():  # its last words, written just before it went
+                self.handle(event)
+            if not self.state.final:
+                self.state.set_status("crashed")
+
+
 def _replay_history(state: RunState, run_dir: str) -> None:
     """Fold a run folder's events.jsonl into `state` (its curve and log), quietly: no notifications."""
     root = Path(run_dir)
@@ -349,4 +421,4 @@ def _replay_history(state: RunState, run_dir: str) -> None:
         state.fold(event)
 
 
-__all__ = ["EngineEvent", "RunState", "TrainingSession", "is_finite", "FINAL_STATUSES", "LOG_LINES"]
+__all__ = ["AttachedSession", "EngineEvent", "RunState", "TrainingSession", "is_finite", "FINAL_STATUSES", "LOG_LINES"]

@@ -1,0 +1,61 @@
+"""Attaching to a run trained by another process: the Run view rebuilds the run from its events.jsonl, follows new
+lines as they are appended, and p/s become requests in the run folder's control file; closing the viewer leaves the
+run alone."""
+from __future__ import annotations
+
+import json
+
+from core import rundir
+from helpers_run import scripted_run, step_events, write_run
+from helpers_setup import screen_text, wait_for
+from tui.app import create_app
+from tui.cli import main
+
+
+def _append(run_dir, events) -> None:
+    with open(run_dir / rundir.EVENTS_FILE, "a", encoding="utf-8") as fh:
+        for event in events:
+            fh.write(event.to_json() + "\n")
+
+
+async def test_attach_follows_the_file_and_controls_the_run_through_its_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNETUI_CONFIG_DIR", str(tmp_path / "config"))
+    run_dir = write_run(tmp_path / "runs", "r-live", scripted_run(12, run_dir=str(tmp_path / "runs/r-live")))
+    rundir.write_pid(run_dir)  # "another process" that is alive: this one
+    app = create_app(output_dir=str(tmp_path / "runs"), attach_dir=str(run_dir))
+    async with app.run_test(size=(120, 36)) as pilot:
+        await wait_for(pilot, lambda: "step 12/30" in screen_text(app), what="the run's history on the Run view")
+        assert not app.session.owns_process and app.session.running
+        assert [s for s, _ in app.session.state.losses][:1] == [1]  # the curve from step 1
+
+        _append(run_dir, step_events(13, 15))
+        await wait_for(pilot, lambda: "step 15/30" in screen_text(app), what="steps appended after attaching")
+
+        await pilot.press("p")
+        await wait_for(pilot, lambda: (run_dir / rundir.CONTROL_FILE).exists(), what="the pause request")
+        assert json.loads((run_dir / rundir.CONTROL_FILE).read_text())["command"] == "pause"
+        assert (run_dir / rundir.CONTROL_FILE).stat().st_mode & 0o777 == 0o600
+        (run_dir / rundir.CONTROL_FILE).unlink()  # as the runner does once it has read it
+
+        await pilot.press("ctrl+q")  # a viewer leaves without asking: the run is not its to stop
+        await pilot.pause()
+    assert not (run_dir / rundir.CONTROL_FILE).exists()
+    assert (run_dir / rundir.EVENTS_FILE).read_text().count("\n") == len(
+        scripted_run(12)) + len(step_events(13, 15))  # the viewer never wrote to the events file
+
+
+async def test_an_attached_run_whose_process_is_gone_shows_as_crashed(tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNETUI_CONFIG_DIR", str(tmp_path / "config"))
+    run_dir = write_run(tmp_path / "runs", "r-gone", scripted_run(5, run_dir=str(tmp_path / "runs/r-gone")))
+    app = create_app(output_dir=str(tmp_path / "runs"), attach_dir=str(run_dir))
+    async with app.run_test(size=(120, 36)) as pilot:
+        await wait_for(pilot, lambda: app.session.state.status == "crashed", what="the crashed status")
+        assert not app.session.running
+
+
+def test_attach_without_a_live_run_says_so(tmp_path, capsys):
+    assert main(["attach", "--output-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "No run is training" in err and "Traceback" not in err
+    assert main(["attach", str(tmp_path / "nothing")]) == 2
+    assert "is not a run folder" in capsys.readouterr().err
