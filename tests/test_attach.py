@@ -59,3 +59,17 @@ def test_attach_without_a_live_run_says_so(tmp_path, capsys):
     assert "No run is training" in err and "Traceback" not in err
     assert main(["attach", str(tmp_path / "nothing")]) == 2
     assert "is not a run folder" in capsys.readouterr().err
+
+
+async def test_runs_screen_attaches_to_a_run_another_process_trains(tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNETUI_CONFIG_DIR", str(tmp_path / "config"))
+    run_dir = write_run(tmp_path / "runs", "r-live", scripted_run(7, run_dir=str(tmp_path / "runs/r-live")))
+    rundir.write_pid(run_dir)
+    app = create_app(output_dir=str(tmp_path / "runs"), start_screen="runs")
+    async with app.run_test(size=(120, 36)) as pilot:
+        await wait_for(pilot, lambda: "r-live" in screen_text(app), what="the live run in the list")
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: "Attach" in screen_text(app), what="the Attach key for a live run")
+        await pilot.press("a")
+        await wait_for(pilot, lambda: "step 7/30" in screen_text(app), what="the attached Run view")
+        assert not app.session.owns_process

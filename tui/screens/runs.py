@@ -81,6 +81,7 @@ class RunsScreen(Screen):
     BINDINGS = [
         Binding("enter", "open", "Open", show=False),
         Binding("r", "resume", "Resume"),
+        Binding("a", "attach", "Attach"),
         Binding("n", "new_from_config", "New from config"),
         Binding("f5", "reload", "Refresh"),
     ]
@@ -299,7 +300,15 @@ class RunsScreen(Screen):
             return True if run is not None and run.status in RESUMABLE and run.checkpoint else None
         if action == "new_from_config":
             return True if run is not None else None
+        if action == "attach":  # hidden unless the run trains in another process
+            return run is not None and run.status == "running" and not self._is_live(run)
         return True
+
+    def action_attach(self) -> None:
+        """Follow the selected run, trained by another process, live on the Run view (pause/stop work there)."""
+        run = self.selected
+        if run is not None and run.status == "running" and not self._is_live(run):
+            self.app.attach(str(run.run_dir))
 
     def action_resume(self) -> None:
         run = self.selected
