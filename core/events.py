@@ -153,25 +153,45 @@ Emit = Callable[[Event], None]
 
 def from_dict(data: dict[str, Any]) -> Event:
     """Rebuild an event from its JSON form; unknown fields are ignored so old logs stay readable."""
-    cls = EVENT_TYPES[data["event"]]
-    names = {f.name for f in fields(cls)}
-    return cls(**{k: v for k, v in data.items() if k in names})
+    data = dict(data)
+    cls = EVENT_TYPES[data.pop("event")]
+    try:
+        return cls(**data)  # the common case: written by this version
+    except TypeError:
+        names = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in data.items() if k in names})
 
 
 def from_json(line: str) -> Event:
     return from_dict(json.loads(line))
 
 
+def parse_lines(lines: list[bytes]) -> list[Event]:
+    """Events from complete events.jsonl lines. Lines that do not parse (a torn write, an event from a newer
+    engine) are skipped. Parsed as one JSON array first: on a 100 k-event log that is several times faster than a
+    json.loads per line, which is what opening a long run costs."""
+    lines = [line for line in (raw.strip() for raw in lines) if line]
+    try:
+        records = json.loads(b"[" + b",".join(lines) + b"]")
+    except ValueError:  # one bad line spoils the batch: line by line, skipping the bad ones
+        records = []
+        for line in lines:
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                continue
+    out = []
+    for data in records:
+        try:
+            out.append(from_dict(data))
+        except (KeyError, TypeError):
+            continue
+    return out
+
+
 def read_events(path) -> list[Event]:
     """All events of an events.jsonl; a torn last line (crash mid-write) is skipped."""
-    out = []
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                out.append(from_json(line))
-            except (ValueError, KeyError, TypeError):
-                continue
-    return out
+    with open(path, "rb") as fh:
+        return parse_lines(fh.read().splitlines())
+
+

@@ -8,7 +8,7 @@ import os
 import time
 from pathlib import Path
 
-from core.events import Event, from_json
+from core.events import Event, parse_lines
 
 
 class EventTail:
@@ -46,16 +46,7 @@ class EventTail:
         cut = data.rfind(b"\n") + 1
         self._partial = data[cut:]
         self.offset += cut
-        events = []
-        for line in data[:cut].splitlines():
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                events.append(from_json(line.decode("utf-8")))
-            except (ValueError, KeyError, TypeError, UnicodeDecodeError):
-                continue  # a line from a newer engine (unknown event) or a torn write: skip, as read_events does
-        return events
+        return parse_lines(data[:cut].splitlines())  # skips what does not parse, as read_events does
 
     def close(self) -> None:
         if self._fh is not None:

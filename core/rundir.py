@@ -3,7 +3,8 @@
 Layout: config.yaml (full resolved config), events.jsonl (one event per line, appended), run.pid (while a process
 trains it), labels.json (classification runs: the class names, in the head's order), checkpoints/checkpoint-<step>/,
 final/ (adapter or full model, tokenizer, labels.json), output.log (what the process printed after its terminal went
-away), control.json (a pause/resume/stop request waiting for the runner; see core.control).
+away), control.json (a pause/resume/stop request waiting for the runner; see core.control), viewers/ (one empty file per
+app attached to the run from another process, named <host>-<pid>; the run's status shows who is watching).
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ FINAL = "final"
 LABELS_FILE = "labels.json"
 LOG_FILE = "output.log"
 CONTROL_FILE = "control.json"
+VIEWERS_DIR = "viewers"
 
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
@@ -62,6 +64,8 @@ class RunSummary:
     """The training process while the run is running (on this host)."""
     eta_seconds: float | None = None
     """The last reported time to the end, while running."""
+    viewers: int = 0
+    """Apps attached to the run from other processes, while running."""
 
 
 def slug(text: str) -> str:
@@ -133,10 +137,17 @@ def _owner_alive(run_dir: Path) -> bool:
     if info.get("host") != socket.gethostname():
         return True
     try:
-        os.kill(int(info["pid"]), 0)
+        return _pid_alive(int(info["pid"]))
+    except (KeyError, ValueError, TypeError):
+        return True
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except (PermissionError, OSError, KeyError, ValueError, TypeError):
+    except OSError:  # EPERM: someone else's process, alive
         return True
     return True
 
@@ -187,7 +198,7 @@ def read_labels(*folders: str | Path) -> list[str] | None:
 
 
 def list_runs(output_dir: str | Path) -> list[RunSummary]:
-    """Every run under OUTPUT_DIR, newest first; torn or missing files give partial rows, never an error."""
+    """Every run under OUTPUT_DIR, running ones first, then newest first; torn or missing files give partial rows, never an error."""
     root = Path(output_dir).expanduser()
     if not root.is_dir():
         return []
@@ -195,7 +206,8 @@ def list_runs(output_dir: str | Path) -> list[RunSummary]:
     for child in root.iterdir():
         if child.is_dir() and ((child / CONFIG_FILE).is_file() or (child / EVENTS_FILE).is_file()):
             runs.append(summarize(child))
-    runs.sort(key=lambda r: r.started, reverse=True)
+    # Live runs first (the ones a user comes to watch or control), then newest first.
+    runs.sort(key=lambda r: (r.status == "running", r.started), reverse=True)
     return runs
 
 
@@ -249,16 +261,57 @@ def summarize(run_dir: Path) -> RunSummary:
     started = started_events[0].time if started_events else _mtime(run_dir)
     final = run_dir / FINAL
     pid = eta = None
+    watching = 0
     if status == "running":
         pid = read_pid(run_dir)
         eta = next((e.eta_seconds for e in reversed(current) if isinstance(e, StepEnded)), None)
+        watching = len(viewers(run_dir))
     return RunSummary(run_id=run_dir.name, run_dir=run_dir, model=model, method=method, status=status,
                       step=step, max_steps=max_steps, last_loss=last_loss, started=started,
                       checkpoint=latest_checkpoint(run_dir), final_dir=final if final.is_dir() else None,
                       message=message, eval_loss=last_eval.eval_loss if last_eval else None,
                       eval_metrics=dict(last_eval.metrics) if last_eval and last_eval.metrics else None,
                       confusion_matrix=matrix, labels=_labels(run_dir) if matrix else None,
-                      pid=pid, eta_seconds=eta)
+                      pid=pid, eta_seconds=eta, viewers=watching)
+
+
+def add_viewer(run_dir: str | Path) -> Path | None:
+    """Mark this process as watching the run (RUN_DIR/viewers/<host>-<pid>); None where the folder is read-only
+    (watching still works, it just goes uncounted)."""
+    path = Path(run_dir) / VIEWERS_DIR / f"{socket.gethostname()}-{os.getpid()}"
+    try:
+        path.parent.mkdir(exist_ok=True)
+        path.touch()
+    except OSError:
+        return None
+    return path
+
+
+def remove_viewer(path: Path | None) -> None:
+    if path is not None:
+        try:
+            path.unlink()
+        except OSError:
+            pass
+
+
+def viewers(run_dir: str | Path) -> list[str]:
+    """The `<host>-<pid>` of the apps watching the run; marks left by processes gone from this host are dropped
+    (a viewer killed with -9 cannot remove its own). Other hosts' marks are kept: we cannot check them."""
+    host = socket.gethostname()
+    folder = Path(run_dir) / VIEWERS_DIR
+    try:
+        names = sorted(p.name for p in folder.iterdir())
+    except OSError:
+        return []
+    alive = []
+    for name in names:
+        mark_host, _, pid = name.rpartition("-")
+        if mark_host == host and pid.isdigit() and not _pid_alive(int(pid)):
+            remove_viewer(folder / name)
+            continue
+        alive.append(name)
+    return alive
 
 
 def _labels(run_dir: Path) -> list[str] | None:
@@ -288,4 +341,5 @@ def _mtime(path: Path) -> float:
 __all__ = ["RunSummary", "new_run_dir", "list_runs", "summarize", "is_running", "latest_checkpoint", "checkpoints",
            "checkpoint_step", "load_run_config", "run_id_for", "slug", "write_pid", "clear_pid",
            "CONFIG_FILE", "EVENTS_FILE", "CHECKPOINTS", "FINAL", "LABELS_FILE", "write_labels", "read_labels",
-           "LOG_FILE", "CONTROL_FILE", "read_pid", "live_runs"]
+           "LOG_FILE", "CONTROL_FILE", "read_pid", "live_runs", "add_viewer", "remove_viewer", "viewers",
+           "VIEWERS_DIR"]

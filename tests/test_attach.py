@@ -4,6 +4,7 @@ run alone."""
 from __future__ import annotations
 
 import json
+import os
 
 from core import rundir
 from helpers_run import scripted_run, step_events, write_run
@@ -51,6 +52,8 @@ async def test_an_attached_run_whose_process_is_gone_shows_as_crashed(tmp_path, 
     async with app.run_test(size=(120, 36)) as pilot:
         await wait_for(pilot, lambda: app.session.state.status == "crashed", what="the crashed status")
         assert not app.session.running
+        await wait_for(pilot, lambda: "ended without finishing it" in screen_text(app), what="the crash explained")
+        assert "saved no checkpoint" in screen_text(app)
 
 
 def test_attach_without_a_live_run_says_so(tmp_path, capsys):
@@ -61,14 +64,36 @@ def test_attach_without_a_live_run_says_so(tmp_path, capsys):
     assert "is not a run folder" in capsys.readouterr().err
 
 
-async def test_runs_screen_attaches_to_a_run_another_process_trains(tmp_path, monkeypatch):
+async def test_runs_screen_lists_live_runs_first_and_enter_attaches(tmp_path, monkeypatch):
+    """A run trained by another process sits above the finished ones, with its pid and who watches it; Enter opens
+    it live on the Run view."""
+    from core.events import RunFinished
+
+    monkeypatch.setenv("TUNETUI_CONFIG_DIR", str(tmp_path / "config"))
+    out = tmp_path / "runs"
+    done = write_run(out, "r-done", scripted_run(30, run_dir=str(out / "r-done")) + [
+        RunFinished(run_dir=str(out / "r-done"), final_dir=None, step=30, max_steps=30)], final=True)
+    run_dir = write_run(out, "r-live", scripted_run(7, run_dir=str(out / "r-live")))
+    rundir.write_pid(run_dir)
+    os.utime(done, (2e9, 2e9))  # the finished run is the newer folder: live runs still come first
+    app = create_app(output_dir=str(out), start_screen="runs")
+    async with app.run_test(size=(120, 36)) as pilot:
+        await wait_for(pilot, lambda: "r-live" in screen_text(app), what="the live run in the list")
+        assert [r.run_id for r in app.screen.runs] == ["r-live", "r-done"]
+        assert f"running · pid {os.getpid()}" in screen_text(app)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: "step 7/30" in screen_text(app), what="the attached Run view")
+        assert not app.session.owns_process
+        assert rundir.summarize(run_dir).viewers == 1  # this app, watching
+    assert rundir.summarize(run_dir).viewers == 0  # gone with the app
+
+
+async def test_runs_screen_attach_key(tmp_path, monkeypatch):
     monkeypatch.setenv("TUNETUI_CONFIG_DIR", str(tmp_path / "config"))
     run_dir = write_run(tmp_path / "runs", "r-live", scripted_run(7, run_dir=str(tmp_path / "runs/r-live")))
     rundir.write_pid(run_dir)
     app = create_app(output_dir=str(tmp_path / "runs"), start_screen="runs")
     async with app.run_test(size=(120, 36)) as pilot:
-        await wait_for(pilot, lambda: "r-live" in screen_text(app), what="the live run in the list")
-        await pilot.press("enter")
         await wait_for(pilot, lambda: "Attach" in screen_text(app), what="the Attach key for a live run")
         await pilot.press("a")
         await wait_for(pilot, lambda: "step 7/30" in screen_text(app), what="the attached Run view")

@@ -148,3 +148,58 @@ def _drive_then_hang_up(term: Tmux, tmp_path: Path) -> None:
     while _alive(term.pid) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not _alive(term.pid), "tunetui did not exit within 30 s of its run finishing after the hang-up"
+
+
+def test_detach_closes_the_app_and_the_run_goes_on_in_the_background(tmp_path):
+    """d on the Run view: a checkpoint, the app closes (the shell gets its prompt back), and a background process
+    resumes the run from that checkpoint to its last step; `tunetui attach` could follow it."""
+    if not TUNETUI.exists():
+        pytest.skip(f"{TUNETUI} is not installed (pip install -e .)")
+    steps = 150
+    config = cfg.RunConfig(
+        data=cfg.DataSpec(path="demo:alpaca_en", max_length=64, val_size=0, max_samples=40),
+        train=cfg.TrainSpec(max_steps=steps, batch_size=2, save_steps=1000, eval_steps=0, warmup_ratio=0.0),
+        output=cfg.OutputSpec(dir=str(tmp_path / "runs")))
+    cfg.save(config, tmp_path / "demo.yaml")
+    env = {"HF_HUB_CACHE": str(tmp_path / "hf"), "TUNETUI_CONFIG_DIR": str(tmp_path / "config"),
+           "TUNETUI_CACHE": os.environ.get("TUNETUI_CACHE", str(tmp_path / "cache")),
+           "OMP_NUM_THREADS": "1", "PATH": os.environ.get("PATH", ""),
+           "HOME": os.environ.get("HOME", str(tmp_path)), "TERM": "xterm-256color", "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
+    term = Tmux([str(TUNETUI), "demo.yaml"], tmp_path, env)
+    background = None
+    try:
+        term.wait_for("Launch", timeout=30)
+        term.keys("l")
+        deadline = time.monotonic() + 180
+        while _last_step(tmp_path) < 3 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        term.keys("d")
+        deadline = time.monotonic() + 120
+        while not term.dead() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        screen = term.screen()
+        assert term.dead(), f"the app did not close after d:\n{screen}"
+        assert "The run goes on from step" in screen and "tunetui attach" in screen, screen
+        run_dir = next(p for p in (tmp_path / "runs").iterdir() if p.is_dir())
+        background = int(screen.split("in process ", 1)[1].split(".")[0])
+        assert background != term.pid and _alive(background)
+        deadline = time.monotonic() + 300
+
+        def ended() -> bool:  # the detach's own stop is a RunFinished too: wait for the one after it
+            last = _last_event(run_dir)
+            return last.get("event") == "RunFailed" or (last.get("event") == "RunFinished" and not last["stopped"])
+
+        while not ended() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        last = _last_event(run_dir)
+        assert last.get("event") == "RunFinished" and not last.get("stopped") and last.get("step") == steps, last
+        assert (run_dir / "final" / "adapter_config.json").is_file()
+        events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+        starts = [e for e in events if e["event"] == "RunStarted"]
+        assert len(starts) == 2 and starts[1]["resumed_from"], "the background process resumed the same run"
+    finally:
+        term.close()
+        for pid in (term.pid, background):
+            if pid and _alive(pid):
+                os.kill(pid, 9)

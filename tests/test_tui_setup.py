@@ -43,6 +43,9 @@ class RecordingSession:
     def handle(self, event):
         pass
 
+    def close(self):
+        pass
+
 
 # ------------------------------------------------------------------ start-up
 

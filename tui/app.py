@@ -20,6 +20,7 @@ import importlib
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from dataclasses import replace
@@ -156,6 +157,8 @@ class TuneApp(App):
         self.warm_imports = warm_imports
         self._exit_when_stopped = False
         self.hung_up = False
+        self.detach_run: str | None = None
+        """A run folder to go on training in a background process once the app has closed (detach)."""
         self.attach_dir: str | None = None
         """A run folder to follow on the Run view once the first frame is up (`tunetui attach`)."""
         """The terminal went away (SIGHUP): a running run trains on, headless, until it ends."""
@@ -166,6 +169,9 @@ class TuneApp(App):
         self.call_after_refresh(self._after_first_frame)
         if not self.is_headless and hasattr(signal, "SIGHUP"):
             signal.signal(signal.SIGHUP, self._on_sighup)
+
+    def on_unmount(self) -> None:
+        self.session.close()  # an attached viewer stops counting as one; a run trained here is main()'s to handle
 
     def _after_first_frame(self) -> None:
         if self.attach_dir:
@@ -267,6 +273,7 @@ class TuneApp(App):
         if timer is not None:
             timer.stop()
             self._follow_timer = None
+        self.session.close()
 
     def on_engine_event(self, message: Any) -> None:
         self.session.handle(message.event)
@@ -302,20 +309,40 @@ class TuneApp(App):
             return
         from tui.widgets.confirm import ConfirmScreen
 
-        def answered(stop: bool | None) -> None:
-            if stop:
+        def answered(choice: str | None) -> None:
+            if choice == "stop":
                 self.stop_run_and_exit()
+            elif choice == "detach":
+                self.detach()
 
-        self.push_screen(ConfirmScreen("A run is going. Stop it (saving a checkpoint) and quit?",
-                                       yes="Stop and quit", no="Keep training"), answered)
+        self.push_screen(ConfirmScreen(
+            "A run is going. Stop it (saving a checkpoint) and quit, or detach: close the app and let the run go "
+            "on in the background (tunetui attach brings it back)?",
+            choices=[("y", "Stop and quit", "stop", "error"), ("d", "Detach", "detach", "warning"),
+                     ("n", "Keep training", None, "primary")]), answered)
 
-    def stop_run_and_exit(self) -> None:
-        """Stop the run with a checkpoint and exit once the training thread has ended."""
+    def stop_run_and_exit(self, detach: bool = False) -> None:
+        """Stop the run with a checkpoint and exit once the training thread has ended (`detach`: then `main` goes
+        on with the run in a background process)."""
         self.session.stop(save=True)
         self._exit_when_stopped = True
-        self.notify("Stopping the run and saving a checkpoint; the app closes when it is written. "
-                    "Ctrl+Q again leaves at once.", title="Stopping", timeout=60)
+        if detach:
+            self.notify("Saving a checkpoint; then the run goes on in a background process and the app closes.",
+                        title="Detaching", timeout=60)
+        else:
+            self.notify("Stopping the run and saving a checkpoint; the app closes when it is written. "
+                        "Ctrl+Q again leaves at once.", title="Stopping", timeout=60)
         self.set_interval(0.2, self._exit_if_stopped, name="exit-when-stopped")
+
+    def detach(self) -> None:
+        """Close the app, keep the run: a viewer just leaves. A run training in this process is checkpointed and
+        continued by a background `tunetui train --resume` started once the app has closed (see `main`), because
+        the shell only gets its prompt back when this process ends. The cost is one checkpoint and one reload."""
+        if not (self.session.running and self.session.owns_process):
+            self.exit()
+            return
+        self.detach_run = self.session.state.run_dir
+        self.stop_run_and_exit(detach=True)
 
     def _exit_if_stopped(self) -> None:
         if not self.session.running:
@@ -383,6 +410,11 @@ def main(config_path: str | None = None, output_dir: str | None = None, attach_d
         if app.session.running and app.session.owns_process and not app.hung_up:
             app.session.stop(save=True)
         app.session.wait()
+    if app.detach_run:
+        from core.terminal import safe_print
+        from tui.session import continue_in_background
+
+        safe_print(continue_in_background(app.detach_run), file=sys.stdout)
     return app.return_code or 0
 
 

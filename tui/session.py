@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 import os
+import subprocess
+import sys
 import threading
 import traceback as traceback_module
 from collections import deque
@@ -334,6 +336,9 @@ class TrainingSession:
             if not self.state.final:
                 self.state.set_status("stopping")
 
+    def close(self) -> None:
+        """Let go of the run's view (an attached session stops counting as a viewer); a run trained here goes on."""
+
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the training thread has ended; True when it has (or none ever started)."""
         return True if self._done is None else self._done.wait(timeout)
@@ -380,8 +385,17 @@ class AttachedSession(TrainingSession):
         for event in self.tail.read_new():  # the history, quietly: no notifications for what already happened
             self.state.fold(event)
         self.state.run_dir = self.state.run_dir or str(self.run_dir)
+        self.pid = rundir.read_pid(self.run_dir)
         self._alive = True
         self._check_alive()
+        self._viewer_mark = rundir.add_viewer(self.run_dir)  # "watched by N" on the Runs screens of others
+
+    def close(self) -> None:
+        """Stop counting as a viewer (the app leaves the run, or quits)."""
+        from core import rundir
+
+        rundir.remove_viewer(self._viewer_mark)
+        self._viewer_mark = None
 
     @property
     def running(self) -> bool:
@@ -404,7 +418,43 @@ class AttachedSession(TrainingSession):
             for event in self.tail.read_new():  # its last words, written just before it went
                 self.handle(event)
             if not self.state.final:
+                from core.rundir import latest_checkpoint
+
+                checkpoint = latest_checkpoint(self.run_dir)
+                self.state.error = (
+                    f"The process training this run{f' (pid {self.pid})' if self.pid else ''} ended without "
+                    "finishing it. " + (f"Resume it from {checkpoint.name}: r on the Runs screen, or tunetui train "
+                                        f"--resume {self.run_dir}" if checkpoint else
+                                        "It saved no checkpoint; start it again from its config.yaml."))
                 self.state.set_status("crashed")
+
+
+def continue_in_background(run_dir: str | Path) -> str:
+    """After a detach (the run stopped with a checkpoint, the app closed): go on with the run in a process of its
+    own, in a new session so no hang-up of this terminal reaches it, its output appended to the run's output.log.
+    Returns what to tell the user."""
+    from core import rundir
+
+    run = Path(run_dir).resolve()
+    summary = rundir.summarize(run)
+    if summary.status == "finished":
+        return f"The run reached its last step while detaching; it is finished: {run}"
+    if summary.status != "stopped":
+        return f"The run {summary.status} while detaching ({summary.message or 'see its log'}): {run}"
+    if summary.checkpoint is None:
+        # Detached before the first step: nothing trained yet, so the same config starts over (a new run folder,
+        # next to this one).
+        command = ["train", str(run / rundir.CONFIG_FILE), "--output-dir", str(run.parent)]
+        where = f"--output-dir {run.parent}"
+        said = "starts again (it was stopped before its first step)"
+    else:
+        command, where, said = ["train", "--resume", str(run)], str(run), f"goes on from step {summary.step}"
+    with open(run / rundir.LOG_FILE, "ab") as log:
+        process = subprocess.Popen([sys.executable, "-m", "tui.cli", *command], stdin=subprocess.DEVNULL,
+                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    stop = "tunetui stop RUN_DIR (tunetui runs lists them)" if summary.checkpoint is None else f"tunetui stop {where}"
+    return (f"The run {said} in process {process.pid}.\n  watch it:  tunetui attach {where}\n"
+            f"  stop it:   {stop}\n  its log:   {run / rundir.LOG_FILE}")
 
 
 def _replay_history(state: RunState, run_dir: str) -> None:
@@ -421,4 +471,4 @@ def _replay_history(state: RunState, run_dir: str) -> None:
         state.fold(event)
 
 
-__all__ = ["AttachedSession", "EngineEvent", "RunState", "TrainingSession", "is_finite", "FINAL_STATUSES", "LOG_LINES"]
+__all__ = ["AttachedSession", "continue_in_background", "EngineEvent", "RunState", "TrainingSession", "is_finite", "FINAL_STATUSES", "LOG_LINES"]

@@ -132,6 +132,14 @@ class _Display:
     # ---------------------------------------------------------------- events
 
     def on_event(self, event) -> None:
+        if self.hung_up and self._output == os.devnull and type(event).__name__ == "RunStarted":
+            # Hung up before the run had a folder: from now on the output goes to its log, which opens with the
+            # hang-up note (written again there: the first one went to /dev/null).
+            from core import rundir
+            from core.terminal import detach_from_terminal
+
+            self._output = detach_from_terminal(Path(event.run_dir) / rundir.LOG_FILE)
+            self._detached_step = None
         if self.hung_up and self._detached_step is None:
             self._continue_detached(event)
         name = type(event).__name__
@@ -141,11 +149,6 @@ class _Display:
 
     def _on_RunStarted(self, e):
         self.run_dir = e.run_dir
-        if self.hung_up and self._output == os.devnull:  # hung up before the run had a folder: log there now
-            from core import rundir
-            from core.terminal import detach_from_terminal
-
-            self._output = detach_from_terminal(Path(e.run_dir) / rundir.LOG_FILE)
         verb = f"resuming from {e.resumed_from}" if e.resumed_from else "run folder"
         self.note(f"[bold]tunetui train[/] {verb}: {e.run_dir}")
 

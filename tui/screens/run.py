@@ -1,4 +1,4 @@
-"""The run view: phases, progress, live loss chart, metrics, GPU, engine log; pause/resume and stop.
+"""The run view: phases, progress, live loss chart, metrics, GPU, engine log; pause/resume, stop and detach.
 
 Redraws from `app.session.state` on a 0.1 s timer and only when its version changed (≤ 10 redraws/s whatever the
 step rate). GPU read-outs come from `app.snapshot` (the App's sampler), checked on the same timer.
@@ -54,6 +54,7 @@ class RunScreen(Screen):
     BINDINGS = [
         Binding("p", "toggle_pause", "Pause/Resume"),
         Binding("s", "stop", "Stop"),
+        Binding("d", "detach", "Detach"),
     ]
 
     def __init__(self, *, name: str | None = None, id: str | None = None, classes: str | None = None) -> None:
@@ -123,16 +124,18 @@ class RunScreen(Screen):
         # Each part is repainted only when what it shows changed, and fixed-size parts without a layout pass:
         # the UI thread shares the GIL with the trainer, so every millisecond spent here is taken from training.
         self.set_class(state.status == "idle", "-idle")
-        self.set_class(state.status == "failed", "-failed")
+        self.set_class(state.status in ("failed", "crashed"), "-failed")
         model, method = _model_and_method(self.app, state)
-        self._update("#run-status", status_text(state, model=model, method=method))
+        session = self.app.session
+        pid = None if session.owns_process else getattr(session, "pid", None)
+        self._update("#run-status", status_text(state, model=model, method=method, pid=pid))
         self._update("#run-phases", phase_strip(state))
         label, total, done = progress_numbers(state)
         self._update("#run-progress-label", Text(label))
         bar = self.query_one("#run-bar", ProgressBar)
         if (bar.total, bar.progress) != (total, done):
             bar.update(total=total, progress=done)
-        if state.status == "failed":
+        if state.status in ("failed", "crashed"):
             error = Text(state.error or "The run failed.")
             if state.error_kind == "error" and state.traceback:
                 error.append("\nThe traceback is in the log below.", style="dim")
@@ -170,9 +173,16 @@ class RunScreen(Screen):
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         # Pause and stop only mean something while a run is going: shown greyed out otherwise.
-        if action in ("toggle_pause", "stop"):
+        if action in ("toggle_pause", "stop", "detach"):
             return True if self.app.session.running else None
         return True
+
+    def action_detach(self) -> None:
+        """Keep training, close the app (`tunetui attach` brings the view back)."""
+        if not self.app.session.running:
+            self.notify("No run is going.", severity="warning")
+            return
+        self.app.detach()
 
     def action_toggle_pause(self) -> None:
         session = self.app.session

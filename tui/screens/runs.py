@@ -23,10 +23,10 @@ from textual.widgets import DataTable, Static
 from core.errors import TuneError
 from tui.widgets.footer import KeyFooter
 from tui.widgets.loss_chart import LossChart
-from tui.widgets.run_metrics import STATUS_STYLES
+from tui.widgets.run_metrics import STATUS_STYLES, duration
 from tui.widgets.setup_nav import NavBar
 
-COLUMNS = ("run", "status", "step", "loss", "method", "model", "started")
+COLUMNS = ("run", "status", "step", "loss", "eta", "method", "model", "started")
 LIVE_RELIST_SECONDS = 3.0
 """While a run trains, the list (its step and loss) is refreshed this often when the screen is shown."""
 RESUMABLE = ("stopped", "failed", "crashed")
@@ -55,6 +55,17 @@ def step_text(run: Any) -> str:
     if run.max_steps:
         return f"{run.step}/{run.max_steps}"
     return str(run.step or 0)
+
+
+def status_words(run: Any, here: bool = False) -> str:
+    """`running here` (this app trains it), `running · pid 4242 · 2 watching` (another process; apps attached to
+    it), else the status as it is (finished, stopped, failed, crashed)."""
+    if run.status != "running":
+        return run.status
+    if here:
+        return "running here"
+    words = "running" + (f" · pid {run.pid}" if run.pid else "")
+    return words + (f" · {run.viewers} watching" if run.viewers else "")
 
 
 def loss_text(value: float | None) -> str:
@@ -164,6 +175,10 @@ class RunsScreen(Screen):
         if session.running and time.monotonic() - self._listed_at > LIVE_RELIST_SECONDS:
             self.action_reload()
 
+    def _is_here(self, run: Any) -> bool:
+        """The run trains in this app's own process."""
+        return self.app.session.owns_process and self.app.session.running and self._is_live(run)
+
     def _is_live(self, run: Any) -> bool:
         """This app's current (or last) run: relative and absolute spellings of the folder are the same run."""
         state = self.app.session.state
@@ -173,13 +188,15 @@ class RunsScreen(Screen):
     def on_runs_listed(self, message: RunsListed) -> None:
         table = self.query_one("#runs-table", DataTable)
         previous = str(self.selected.run_dir) if self.selected is not None else None
-        listing = [(str(r.run_dir), r.status, r.step, r.last_loss, r.checkpoint, r.final_dir) for r in message.runs]
+        listing = [(str(r.run_dir), r.status, r.step, r.last_loss, r.checkpoint, r.final_dir, r.viewers)
+                   for r in message.runs]
         if listing == self._listing and self.runs and not message.error:
             return  # nothing changed: keep the cursor and the open run as they are
         before = {row[0]: row for row in self._listing or ()}
         self._listing = listing
         self.runs = message.runs
-        rows = [(run.run_id, run.status, step_text(run), loss_text(run.last_loss), run.method, run.model,
+        rows = [(run.run_id, status_words(run, here=self._is_here(run)), step_text(run), loss_text(run.last_loss),
+                 duration(run.eta_seconds) if run.status == "running" else "–", run.method, run.model,
                  started_text(run.started)) for run in self.runs]
         # Columns sized from their contents up front: DataTable caches rows rendered before it measures new
         # cells on idle, and without fixed widths a busy machine could leave rows drawn at the old widths.
@@ -214,11 +231,21 @@ class RunsScreen(Screen):
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         if 0 <= event.cursor_row < len(self.runs):
-            self._select(self.runs[event.cursor_row], force=True)
+            self._open(self.runs[event.cursor_row])
 
     def action_open(self) -> None:
         if self.selected is not None:
-            self._select(self.selected, force=True)
+            self._open(self.selected)
+
+    def _open(self, run: Any) -> None:
+        """Enter: a running run opens live on the Run view (this app's own, or followed from its folder); any
+        other is read again here."""
+        if run.status == "running" and self._is_live(run) and self.app.session.running:
+            self.app.show("run")
+        elif run.status == "running" and not self._is_live(run):
+            self.app.attach(str(run.run_dir))
+        else:
+            self._select(run, force=True)
 
     def _select(self, run: Any, force: bool = False) -> None:
         if run is not self.selected:
@@ -239,7 +266,7 @@ class RunsScreen(Screen):
     def _show_summary(self, run: Any) -> None:
         text = Text(no_wrap=False)
         text.append(run.run_id, style="bold").append("  ")
-        text.append(run.status, style=STATUS_STYLES.get(run.status, ""))
+        text.append(status_words(run, here=self._is_here(run)), style=STATUS_STYLES.get(run.status, ""))
         text.append(f"  step {step_text(run)}  loss {loss_text(run.last_loss)}", style="dim")
         if run.final_dir:
             text.append(f"\nmodel saved in {run.final_dir}", style="dim")

@@ -48,14 +48,17 @@ def count(value: int | None) -> str:
     return str(value)
 
 
-def status_text(state, *, model: str = "", method: str = "") -> Text:
-    """`▶ running  demo:tiny-llama · lora · run-id` (with the phase while it is not training yet)."""
+def status_text(state, *, model: str = "", method: str = "", pid: int | None = None) -> Text:
+    """`▶ running  demo:tiny-llama · lora · run-id` (with the phase while it is not training yet); `pid`: the run
+    trains in that other process (`▶ running (pid 4242)`)."""
     status = state.status
     text = Text(no_wrap=True, overflow="ellipsis")
     label = status
     if status == "running" and state.phase and state.phase != "training":
         label = PHASE_ACTIVITY.get(state.phase, state.phase)
     text.append(f"{STATUS_ICONS.get(status, '?')} {label}", style=STATUS_STYLES.get(status, ""))
+    if pid is not None and status in ("running", "paused"):
+        text.append(f" (pid {pid})", style=STATUS_STYLES.get(status, ""))
     parts = [p for p in (model, method, state.run_id) if p]
     if parts:
         text.append("  " + " · ".join(parts), style="dim")
