@@ -45,6 +45,7 @@ class DataTree(DirectoryTree):
 class DataScreen(SetupScreen):
     AUTO_FOCUS = "#data-preview"
     NAME = "data"
+    SUBMIT_KEEPS = ("data-path",)
     BINDINGS = [
         Binding("enter", "next", "Next"),
         Binding("slash", "focus_path", "Type a path"),

@@ -16,6 +16,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.content import Content
 from textual.events import Click
+from tui.widgets.fields import Tick
 from textual.widgets import Checkbox, Input, Select, SelectionList, Static
 from textual.worker import Worker, WorkerState
 
@@ -116,13 +117,13 @@ class MethodScreen(SetupScreen):
             with Horizontal(classes="form-row"):
                 yield Static("Also train", classes="label")
                 for name in FREEZE_EXTRAS:
-                    yield Checkbox(name, id=f"freeze-extra-{name}", compact=True)
+                    yield Tick(name, id=f"freeze-extra-{name}", compact=True)
         with Vertical(id="group-quant", classes="method-group"):
             with Horizontal(classes="form-row"):
                 yield Static("Base weights", classes="label")
                 yield Select([("4-bit", 4), ("8-bit", 8)], id="quant-bits", allow_blank=False, compact=True)
                 yield Select([("nf4", "nf4"), ("fp4", "fp4")], id="quant-type", allow_blank=False, compact=True)
-                yield Checkbox("double quant", id="quant-double", compact=True)
+                yield Tick("double quant", id="quant-double", compact=True)
             with Horizontal(classes="form-row"):
                 yield Static("Compute dtype", classes="label")
                 yield Select([(d, d) for d in DTYPES], id="quant-compute", allow_blank=False, compact=True)
@@ -136,14 +137,14 @@ class MethodScreen(SetupScreen):
                 yield Input(id="lora-dropout", compact=True, classes="number")
             with Horizontal(classes="form-row"):
                 yield Static("Variants", classes="label")
-                yield Checkbox("rsLoRA", id="lora-rslora", compact=True)
-                yield Checkbox("DoRA", id="lora-dora", compact=True)
+                yield Tick("rsLoRA", id="lora-rslora", compact=True)
+                yield Tick("DoRA", id="lora-dora", compact=True)
             yield Static("Targets (the model's linear layers; all ticked = all-linear)", classes="hint")
             yield SelectionList(id="lora-targets", compact=True)
         with Vertical(id="group-memory", classes="method-group"):
             with Horizontal(classes="form-row"):
                 yield Static("Memory savers", classes="label")
-                yield Checkbox("gradient checkpointing", id="mem-gc", compact=True)
+                yield Tick("gradient checkpointing", id="mem-gc", compact=True)
                 yield Select(list(OPTIMS), id="mem-optim", allow_blank=False, compact=True)
         yield Static(id="method-suggestions", markup=False)
 

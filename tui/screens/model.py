@@ -33,6 +33,7 @@ class ModelScreen(SetupScreen):
 
     AUTO_FOCUS = "#model-list"
     NAME = "model"
+    SUBMIT_KEEPS = ("model-path",)
     BINDINGS = [
         Binding("enter", "next", "Next"),
         Binding("slash", "focus_path", "Type a path"),

@@ -82,6 +82,7 @@ def train_command(config: RunConfig, base_path: str, base: RunConfig) -> str:
 class ReviewScreen(SetupScreen):
     AUTO_FOCUS = "#launch"
     NAME = "review"
+    SUBMIT_KEEPS = ("preset-path",)
     # Review is the last set-up step, so Enter (outside a text field) launches: Enter-Enter-Enter-Enter from the
     # Model screen trains the demo even when typed ahead of the screens appearing.
     BINDINGS = [
@@ -144,8 +145,7 @@ class ReviewScreen(SetupScreen):
         self._show_config_error()
 
     def on_screen_resume(self) -> None:
-        super().on_screen_resume()
-        # Launch has focus on arrival, so Enter-Enter-Enter-Enter from the Model screen trains the demo.
+        # (SetupScreen's _on_screen_resume has redrawn the draft already.) Launch has focus on arrival, so Enter-Enter-Enter-Enter from the Model screen trains the demo.
         self.query_one("#launch", Button).focus()
 
     @property

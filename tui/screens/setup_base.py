@@ -9,7 +9,7 @@ from textual.events import ScreenResume
 from textual.content import Content
 from textual.screen import Screen
 from textual.widget import Widget
-from textual.widgets import Static
+from textual.widgets import Checkbox, Input, Select, Static
 
 import yaml
 
@@ -65,7 +65,9 @@ class SetupScreen(Screen):
     """A set-up screen. Subclasses set NAME, write compose_body(), and redraw in show_config()."""
 
     NAME: ClassVar[str] = ""
-    BINDINGS = [Binding("enter", "next", "Next")]
+    BINDINGS = [Binding("enter", "next", "Next"), Binding("escape", "leave_field", "Leave field")]
+    SUBMIT_KEEPS: ClassVar[tuple[str, ...]] = ()
+    """Ids of inputs whose Enter does something of its own (open a typed path): it does not also move on."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -96,8 +98,9 @@ class SetupScreen(Screen):
         # nothing here changes styles while a screen is hidden; a theme change is re-applied by switch_mode,
         # which compares the CSS update count.
         event.refresh_styles = False
-
-    def on_screen_resume(self) -> None:
+        # Textual calls only one of `_on_screen_resume` / `on_screen_resume` defined in the same class (the
+        # underscore one), so the redraw lives here too: a draft changed while the screen was hidden (another
+        # model picked on Model) must show when it comes back.
         self.query_one(NavBar).set_snapshot(self.app.snapshot)
         self.snapshot_changed(self.app.snapshot)
         if self._shown_config is not self.app.config:
@@ -162,6 +165,30 @@ class SetupScreen(Screen):
 
     def action_next(self) -> None:
         self.app.show_next(self.NAME)
+
+    # ------------------------------------------------------------ keys that always navigate
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "leave_field":  # offered (and shown in the footer) only while a form field has the keys
+            return isinstance(self.focused, (Input, Select, Checkbox))
+        return True
+
+    def action_leave_field(self) -> None:
+        """Escape: give the keys back to the screen (digits switch screens, Enter goes on)."""
+        self.set_focus(None)
+
+    def on_input_submitted(self, event: Any) -> None:
+        # Enter in a form field keeps what was typed (fields apply as they change) and goes on, as it does
+        # anywhere else on the set-up screens.
+        if event.input.id not in self.SUBMIT_KEEPS:
+            self.set_focus(None)
+            self.action_next()
+
+    def on_descendant_focus(self, event: Any) -> None:
+        self.refresh_bindings()  # show or hide "esc Leave field"
+
+    def on_descendant_blur(self, event: Any) -> None:
+        self.refresh_bindings()
 
 
 def human_count(n: int | None) -> str:
