@@ -281,7 +281,8 @@ def test_list_runs_survives_torn_logs_and_tells_running_from_crashed(tmp_path):
     (broken / rundir.CONFIG_FILE).write_text("model: [unclosed\n")
 
     runs = {r.run_id: r for r in rundir.list_runs(root)}
-    assert [r.run_id for r in rundir.list_runs(root)][1:] == ["newer-running", "older-crashed"]
+    # The live run first; then newest first (the broken folder's time is its mtime: now).
+    assert [r.run_id for r in rundir.list_runs(root)] == ["newer-running", "broken", "older-crashed"]
     assert (runs["older-crashed"].status, runs["older-crashed"].step, runs["older-crashed"].last_loss) == (
         "crashed", 3, 2.5)
     assert runs["newer-running"].status == "running" and runs["newer-running"].model == "demo:tiny-llama"
