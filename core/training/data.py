@@ -556,6 +556,8 @@ def _describe(value) -> str:
         return f"a number ({value!r})"
     if isinstance(value, str):
         return f"text ({_short(value)!r})" if value.strip() else "empty text"
+    if isinstance(value, (list, tuple, dict)) and not value:
+        return "an empty list" if isinstance(value, (list, tuple)) else "an empty object"
     kind = "a list" if isinstance(value, (list, tuple)) else "an object" if isinstance(value, dict) else \
         f"a {type(value).__name__}"
     return f"{kind} ({_short(json.dumps(value, ensure_ascii=False, default=str))})"
@@ -648,8 +650,12 @@ def _check_rows(ds, fmt: str, columns: dict[str, str], origin: _Origin) -> None:
     _fail_not_text(table, "system", origin)
     turns = table.column(chat).combine_chunks()
     known = templates.SHAREGPT_ROLES if fmt == "sharegpt" else templates.MESSAGE_ROLES
-    if not _is_list(turns.type):  # some rows are not lists at all: stored as JSON values
-        values = _pylist(turns)
+    if not _is_list(turns.type) or not _plain_turns(turns.type, role_key, content_key):
+        # Turns whose keys or types vary between rows are stored as JSON, which datasets decodes lossily (the
+        # text "42" comes back as the number 42), so read them from the file itself where it is JSON.
+        raw = origin.raw_rows()
+        values = ([r.get(chat) if isinstance(r, dict) else None for r in raw[:len(turns)]] if raw is not None
+                  else ds[chat])
         for row, value in enumerate(values):
             if _blank(value):
                 raise TuneError(f"A row has no `{chat}` (found: {_describe(value)})", origin.row(row),
@@ -665,6 +671,19 @@ def _check_rows(ds, fmt: str, columns: dict[str, str], origin: _Origin) -> None:
         fail_missing(chat, _missing(turns), f"Give every row a non-empty `{chat}` list, or remove the row")
         _check_turns(turns, chat, role_key, content_key, known, origin)
     _check_tools(table, origin)
+
+
+def _plain_turns(kind, role_key: str, content_key: str) -> bool:
+    """Turns stored as Arrow structs whose role and content are plain text: checkable without Python loops."""
+    import pyarrow as pa
+
+    if not pa.types.is_struct(kind.value_type):
+        return False
+    fields = {kind.value_type.field(i).name: kind.value_type.field(i).type
+              for i in range(kind.value_type.num_fields)}
+    content = fields.get(content_key, pa.string())
+    return _is_text_type(fields.get(role_key, pa.string())) and (_is_text_type(content)
+                                                                  or pa.types.is_null(content))
 
 
 def _is_list(kind) -> bool:
@@ -709,19 +728,14 @@ def _is_label(value) -> bool:
 
 
 def _check_turns(turns, chat: str, role_key: str, content_key: str, known: dict, origin: _Origin) -> None:
-    """Turn checks on Arrow structs, vectorised; turns whose values vary in type go through _check_turns_slowly."""
+    """Turn checks on Arrow structs of text (see _plain_turns), vectorised."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
 
     flat = pc.list_flatten(turns)
     parents = np.asarray(pc.list_parent_indices(turns).to_numpy(zero_copy_only=False))
-    fields = ({flat.type.field(i).name: flat.type.field(i).type for i in range(flat.type.num_fields)}
-              if pa.types.is_struct(flat.type) else None)
-    if fields is None or not _is_text_type(fields.get(role_key, pa.string())) or not (
-            _is_text_type(fields.get(content_key, pa.string())) or pa.types.is_null(fields[content_key])):
-        _check_turns_slowly(_pylist(flat), parents, len(turns), chat, role_key, content_key, known, origin)
-        return
+    fields = {flat.type.field(i).name: flat.type.field(i).type for i in range(flat.type.num_fields)}
 
     def where(i: int) -> str:
         row = int(parents[i])
