@@ -19,8 +19,7 @@ from core.training import data
 ROOT = Path(__file__).resolve().parents[1]
 TUNETUI = str(Path(sys.executable).with_name("tunetui"))
 # Words that only come from inside Python or a template engine: a message containing them is not for people.
-INTERNALS = ("can only concatenate", "not \"int\"", "NoneType", "jinja", "Traceback", "TypeError", "KeyError",
-             "example 3")
+INTERNALS = ("can only concatenate", "not \"int\"", "NoneType", "jinja", "Traceback", "TypeError", "KeyError")
 
 
 @pytest.fixture(scope="module", autouse=True)

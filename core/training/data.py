@@ -126,15 +126,28 @@ class _Origin:
     layout: str = "rows"
     """jsonl | json (an array) | csv | rows (anything else: parquet, folders, hub datasets)."""
     delimiter: str = ","
-    _raw: list | None = field(default=None, repr=False, compare=False)
 
-    def raw_rows(self) -> list | None:
-        """The file's rows exactly as JSON has them, parsed on first use; None for other sources."""
-        if self._raw is None and self.path is not None and self.layout in ("json", "jsonl"):
+    def raw_rows(self, limit: int) -> list | None:
+        """The file's first `limit` rows exactly as JSON has them; None for other sources.
+
+        Parsed afresh on each call (only the checks of columns whose types vary need it) and never kept, so a run
+        does not hold a second copy of its data.
+        """
+        if self.path is None or self.layout not in ("json", "jsonl"):
+            return None
+        if self.layout == "jsonl":
             with open(self.path, encoding="utf-8") as fh:
-                self._raw = (json.load(fh) if self.layout == "json"
-                             else [json.loads(line) for line in fh if line.strip()])
-        return self._raw
+                return [json.loads(line) for line, _ in zip((line for line in fh if line.strip()), range(limit))]
+        text = self.path.read_text(encoding="utf-8")
+        decoder, rows = json.JSONDecoder(), []
+        pos = text.index("[") + 1
+        while len(rows) < limit:
+            pos = _ARRAY_GAP.match(text, pos).end()
+            if pos >= len(text) or text[pos] == "]":
+                break
+            row, pos = decoder.raw_decode(text, pos)
+            rows.append(row)
+        return rows
 
     def row(self, index: int, turn: int | None = None) -> str:
         line = None
@@ -170,6 +183,9 @@ def _jsonl_line(path: Path, index: int) -> int:
     return index + 1
 
 
+_ARRAY_GAP = re.compile(r"[\s,]*")  # arrays passed a strict parse: only whitespace and commas sit between rows
+
+
 def _json_array_line(path: Path, index: int) -> int | None:
     """1-based line on which the index-th element of a JSON array file starts (only computed for a message).
 
@@ -178,9 +194,8 @@ def _json_array_line(path: Path, index: int) -> int | None:
     text = path.read_text(encoding="utf-8")
     decoder = json.JSONDecoder()
     pos = text.index("[") + 1
-    gap = re.compile(r"[\s,]*")  # the file passed a strict parse, so only whitespace and commas sit between rows
     for k in range(index + 1):
-        pos = gap.match(text, pos).end()
+        pos = _ARRAY_GAP.match(text, pos).end()
         if k == index:
             return text.count("\n", 0, pos) + 1
         _, pos = decoder.raw_decode(text, pos)
@@ -590,7 +605,7 @@ def _not_text(array, column: str, origin: _Origin) -> tuple[int, Any] | None:
         for i, value in enumerate(_pylist(array)):
             if value is None or isinstance(value, str):
                 continue
-            raw = raw if raw is not None else (origin.raw_rows() or [])
+            raw = raw if raw is not None else (origin.raw_rows(len(array)) or [])
             if i < len(raw) and isinstance(raw[i], dict):
                 value = raw[i].get(column)
                 if value is None or isinstance(value, str):
@@ -653,9 +668,8 @@ def _check_rows(ds, fmt: str, columns: dict[str, str], origin: _Origin) -> None:
     if not _is_list(turns.type) or not _plain_turns(turns.type, role_key, content_key):
         # Turns whose keys or types vary between rows are stored as JSON, which datasets decodes lossily (the
         # text "42" comes back as the number 42), so read them from the file itself where it is JSON.
-        raw = origin.raw_rows()
-        values = ([r.get(chat) if isinstance(r, dict) else None for r in raw[:len(turns)]] if raw is not None
-                  else ds[chat])
+        raw = origin.raw_rows(len(turns))
+        values = [r.get(chat) if isinstance(r, dict) else None for r in raw] if raw is not None else ds[chat]
         for row, value in enumerate(values):
             if _blank(value):
                 raise TuneError(f"A row has no `{chat}` (found: {_describe(value)})", origin.row(row),
@@ -792,7 +806,7 @@ def _check_turns_slowly(flat: list, parents, rows: int, chat: str, role_key: str
                             f"`{role_key}` is {_describe(role)}; expected a role name", where,
                             f"Use one of: {', '.join(known)}")
         content = turn.get(content_key)
-        if content is None and not turn.get("tool_calls"):
+        if _blank(content) and isinstance(content, (str, type(None))) and not turn.get("tool_calls"):
             raise TuneError(f"A turn in `{chat}` has no `{content_key}`", where,
                             f"Give every turn its text in `{content_key}`")
         if content is not None and not isinstance(content, str):
