@@ -161,6 +161,14 @@ def test_csv_rows_are_named_by_line_and_text_cells_keep_their_text(tok, tmp_path
     assert raw.train["output"] == ["007", "3.50"]  # the file's text, not the numbers 7 and 3.5
 
 
+def test_the_preview_of_a_large_streamed_file_names_the_row_too(tok, tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "PREVIEW_FULL_LOAD_BYTES", 0)  # stream every file, as for big ones
+    path = _jsonl(tmp_path / "big.jsonl", [ROW] * 10 + [{**ROW, "output": 5}])
+    with pytest.raises(TuneError) as err:
+        data.preview(DataSpec(path=path), tok)
+    assert "`output` is a number (5); expected text" in str(err.value) and "big.jsonl, line 11)" in str(err.value)
+
+
 def test_a_validation_label_no_training_row_has_is_named(tok, tmp_path):
     train = _jsonl(tmp_path / "train.jsonl", [{"text": "good", "label": "pos"}, {"text": "bad", "label": "neg"}])
     val = _jsonl(tmp_path / "val.jsonl", [{"text": "fine", "label": "pos"}, {"text": "so-so", "label": "neutral"}])

@@ -1213,7 +1213,8 @@ def preview(spec: DataSpec, tokenizer, n: int = 3) -> Preview:
         head = train.select(range(min(limit, len(train))))
     else:
         try:
-            head = Dataset.from_list(list(train.take(limit)))
+            # Rows whose types differ are kept as JSON values, so the row checks can name the odd one out.
+            head = Dataset.from_list(list(train.take(limit)), on_mixed_types="use_json")
         except Exception as exc:
             if origin.path is not None and origin.jsonl:
                 _diagnose_json_lines(origin.path, "data.path")
