@@ -161,6 +161,22 @@ def test_csv_rows_are_named_by_line_and_text_cells_keep_their_text(tok, tmp_path
     assert raw.train["output"] == ["007", "3.50"]  # the file's text, not the numbers 7 and 3.5
 
 
+def test_parquet_and_saved_folders_name_the_row_and_split(tok, tmp_path):
+    from datasets import Dataset, DatasetDict
+
+    rows = [{"instruction": f"Count to {i}", "output": i} for i in range(1, 4)]  # a whole column of numbers
+    Dataset.from_list(rows).to_parquet(str(tmp_path / "counts.parquet"))
+    message = _error(tok, path=str(tmp_path / "counts.parquet"))
+    assert "counts.parquet, row 1 (index 0)" in message and "`output` is a number (1); expected text" in message
+
+    good = [{"text": "fine", "label": "pos"}, {"text": "bad", "label": "neg"}]
+    DatasetDict(train=Dataset.from_list(good),
+                validation=Dataset.from_list(good + [{"text": None, "label": "pos"}])).save_to_disk(
+        str(tmp_path / "saved"))
+    message = _error(tok, path=str(tmp_path / "saved"))
+    assert "saved (validation split), row 3 (index 2)" in message and "has no `text` (found: null)" in message
+
+
 def test_the_preview_of_a_large_streamed_file_names_the_row_too(tok, tmp_path, monkeypatch):
     monkeypatch.setattr(data, "PREVIEW_FULL_LOAD_BYTES", 0)  # stream every file, as for big ones
     path = _jsonl(tmp_path / "big.jsonl", [ROW] * 10 + [{**ROW, "output": 5}])
