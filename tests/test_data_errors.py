@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,7 +14,6 @@ from core.errors import TuneError
 from core.training import data
 
 ROOT = Path(__file__).resolve().parents[1]
-TUNETUI = str(Path(sys.executable).with_name("tunetui"))
 # Words that only come from inside Python or a template engine: a message containing them is not for people.
 INTERNALS = ("can only concatenate", "not \"int\"", "NoneType", "jinja", "Traceback", "TypeError", "KeyError")
 
@@ -215,14 +211,16 @@ def test_a_template_refusal_names_the_file_row_after_the_shuffled_split(tok, tmp
     assert "template refuses this conversation" in message and "example" not in message
 
 
-def test_tunetui_train_on_a_bad_file_exits_non_zero_naming_the_row(tmp_path, shared_data_dir):
+def test_tunetui_train_on_a_bad_file_exits_non_zero_naming_the_row(tmp_path, shared_data_dir, capsys):
+    """`tunetui train` as test_cli drives it (its main, in this process, so the engine is imported once)."""
+    from tui.cli import main
+
     path = _json(tmp_path / "alpaca.json", _six_hundred_rows_with_a_number_in_row_458(shared_data_dir))
     out = tmp_path / "runs"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "400"}
-    proc = subprocess.run([TUNETUI, "train", str(ROOT / "presets" / "demo.yaml"), "--set", f"data.path={path}",
-                           "--set", "data.val_size=0.1", "--output-dir", str(out)],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    err = " ".join(proc.stderr.split())  # unwrapped: terminals may fold long lines
-    assert proc.returncode == 2, proc.stderr
-    assert "row 458 (index 457" in err and "`output` is a number (123); expected text" in err
+    code = main(["train", str(ROOT / "presets" / "demo.yaml"), "--set", f"data.path={path}",
+                 "--set", "data.val_size=0.1", "--output-dir", str(out)])
+    err = " ".join(capsys.readouterr().err.split())  # unwrapped: terminals may fold long lines
+    assert code == 2, err
+    assert "tunetui train: `output` is a number (123); expected text" in err and "row 458 (index 457" in err
     assert "Traceback" not in err and "concatenate" not in err
+    assert not out.exists() or not any(out.iterdir())  # a run that never started leaves no folder behind
