@@ -33,6 +33,8 @@ EXPECTED_COLUMNS = {
     "classification": "a text column (text/sentence/content) and a label column (label/labels/category/class)",
 }
 TEXT_COLUMNS = ("text", "sentence", "content")
+TEXT_FIELDS = ("instruction", "input", "output", "system") + TEXT_COLUMNS
+"""Fields that hold text in some format: read as text from CSV, and checked to be text in typed files."""
 LABEL_COLUMNS = ("label", "labels", "category", "class")
 SUFFIX_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet",
                    ".txt": "text"}
@@ -40,6 +42,7 @@ ASSETS_DIR = Path(__file__).resolve().parents[1] / "assets"
 PREVIEW_SAMPLE = 64          # rows tokenized for the preview's length stats
 PREVIEW_FULL_LOAD_BYTES = 16 << 20  # smaller files are loaded (and cached) whole; bigger ones are streamed
 _PACK_BATCH = 10_000         # documents per packing batch: bigger batches waste less of each batch's tail
+ROW_COLUMN = "__tunetui_row"  # a row's index in its file, kept through the validation split's shuffle
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 # Part of every cache key, so editing this pipeline never serves tokenization made by older code.
 _CODE_VERSION = hashlib.sha256(
@@ -58,6 +61,8 @@ class RawData:
     """Where the rows came from, in words."""
     columns: dict[str, str] = field(default_factory=dict)
     """Which columns/keys hold what: text, label, chat, role, content."""
+    origins: dict[str, "_Origin"] = field(default_factory=dict)
+    """train / val → where those rows came from, to name a row in an error. Split rows carry ROW_COLUMN."""
 
 
 @dataclass
@@ -110,15 +115,60 @@ def task_for_format(fmt: str) -> str:
 
 @dataclass
 class _Origin:
-    """A data source and how to point a user at one of its rows."""
+    """A data source and how to point a user at one of its rows, counted the way the user sees the file.
+
+    Rows count from 1 (the index from 0 is given beside them). JSON Lines name the file line; JSON arrays and CSV
+    also give the line where the row starts, so an editor can jump to it.
+    """
     description: str
     path: Path | None = None
     jsonl: bool = False
+    layout: str = "rows"
+    """jsonl | json (an array) | csv | rows (anything else: parquet, folders, hub datasets)."""
+    delimiter: str = ","
 
-    def row(self, index: int) -> str:
-        if self.jsonl and self.path is not None:
-            return f"{self.description}, line {_jsonl_line(self.path, index)}"
-        return f"{self.description}, row {index + 1} (index {index})"
+    def raw_rows(self, limit: int) -> list | None:
+        """The file's first `limit` rows exactly as JSON has them; None for other sources.
+
+        Parsed afresh on each call (only the checks of columns whose types vary need it) and never kept, so a run
+        does not hold a second copy of its data.
+        """
+        if self.path is None or self.layout not in ("json", "jsonl"):
+            return None
+        if self.layout == "jsonl":
+            with open(self.path, encoding="utf-8") as fh:
+                return [json.loads(line) for line, _ in zip((line for line in fh if line.strip()), range(limit))]
+        text = self.path.read_text(encoding="utf-8")
+        decoder, rows = json.JSONDecoder(), []
+        pos = text.index("[") + 1
+        while len(rows) < limit:
+            pos = _ARRAY_GAP.match(text, pos).end()
+            if pos >= len(text) or text[pos] == "]":
+                break
+            row, pos = decoder.raw_decode(text, pos)
+            rows.append(row)
+        return rows
+
+    def row(self, index: int, turn: int | None = None) -> str:
+        line = None
+        try:
+            if self.path is not None and self.layout == "jsonl":
+                line = _jsonl_line(self.path, index)
+            elif self.path is not None and self.layout == "json":
+                line = _json_array_line(self.path, index)
+            elif self.path is not None and self.layout == "csv":
+                line = _csv_line(self.path, index, self.delimiter)
+        except (OSError, ValueError):  # the file changed or cannot be re-read: the row number alone still helps
+            line = None
+        if self.layout == "jsonl" and line is not None:
+            where = f"{self.description}, line {line}"
+        elif self.layout == "csv" and line is not None:
+            where = f"{self.description}, line {line} (data row {index + 1}; the header is line 1)"
+        elif line is not None:
+            where = f"{self.description}, row {index + 1} (index {index}; starts on line {line})"
+        else:
+            where = f"{self.description}, row {index + 1} (index {index})"
+        return where if turn is None else f"{where}, turn {turn + 1}"
 
 
 def _jsonl_line(path: Path, index: int) -> int:
@@ -131,6 +181,43 @@ def _jsonl_line(path: Path, index: int) -> int:
                 if seen == index:
                     return number
     return index + 1
+
+
+_ARRAY_GAP = re.compile(r"[\s,]*")  # arrays passed a strict parse: only whitespace and commas sit between rows
+
+
+def _json_array_line(path: Path, index: int) -> int | None:
+    """1-based line on which the index-th element of a JSON array file starts (only computed for a message).
+
+    json has no position API for elements; raw_decode walks the array one element at a time.
+    """
+    text = path.read_text(encoding="utf-8")
+    decoder = json.JSONDecoder()
+    pos = text.index("[") + 1
+    for k in range(index + 1):
+        pos = _ARRAY_GAP.match(text, pos).end()
+        if k == index:
+            return text.count("\n", 0, pos) + 1
+        _, pos = decoder.raw_decode(text, pos)
+    return None
+
+
+def _csv_line(path: Path, index: int, delimiter: str) -> int | None:
+    """1-based file line where the index-th data row starts (quoted cells may span lines; blank lines are skipped
+    by the reader, as pandas does)."""
+    import csv
+
+    with open(path, newline="", encoding="utf-8", errors="replace") as fh:
+        reader = csv.reader(fh, delimiter=delimiter)
+        seen, end = -2, 0  # the first record is the header
+        for record in reader:
+            start, end = end + 1, reader.line_num
+            if not any(cell.strip() for cell in record):
+                continue
+            seen += 1
+            if seen == index:
+                return start
+    return None
 
 
 def _cache_root() -> Path:
@@ -170,7 +257,7 @@ def _resolve(path_text: str, key: str) -> tuple[str, Path | str]:
     return "hub", text
 
 
-def _load_source(path_text: str, key: str, streaming: bool = False):
+def _load_source(path_text: str, key: str, streaming: bool = False, text_columns: tuple[str, ...] = ()):
     """Rows of one source → (train rows, the source's own validation split or None, origin, total rows or None).
 
     With streaming=True large local files and hub datasets come back as an IterableDataset (for previews).
@@ -203,7 +290,7 @@ def _load_source(path_text: str, key: str, streaming: bool = False):
                             "Point data.path at a folder written by save_to_disk, or at a single data file") from exc
         train, val = _pick_splits(loaded, origin)
         return train, val, origin, len(train) if hasattr(train, "__len__") else None
-    return _load_file(where, key, cache_dir, streaming)
+    return _load_file(where, key, cache_dir, streaming, text_columns)
 
 
 def _pick_splits(loaded, origin: _Origin):
@@ -218,7 +305,7 @@ def _pick_splits(loaded, origin: _Origin):
     return train, val
 
 
-def _load_file(path: Path, key: str, cache_dir: str, streaming: bool):
+def _load_file(path: Path, key: str, cache_dir: str, streaming: bool, text_columns: tuple[str, ...] = ()):
     import datasets
 
     suffix = path.suffix.lower()
@@ -231,10 +318,16 @@ def _load_file(path: Path, key: str, cache_dir: str, streaming: bool):
     if not head.strip():
         raise TuneError(f"Data file {path} is empty", key, "Put some rows in it, or point data.path at another file")
     first = head.lstrip()[:1]
-    origin = _Origin(str(path), path, jsonl=builder == "json" and (suffix == ".jsonl" or first == b"{"))
+    jsonl = builder == "json" and (suffix == ".jsonl" or first == b"{")
+    layout = "jsonl" if jsonl else {"json": "json", "csv": "csv"}.get(builder, "rows")
+    origin = _Origin(str(path), path, jsonl=jsonl, layout=layout, delimiter="\t" if suffix == ".tsv" else ",")
     kwargs: dict[str, Any] = {}
     if suffix == ".tsv":
         kwargs["delimiter"] = "\t"
+    if builder == "csv":
+        # A CSV cell has no type, but pandas guesses one: an `output` column of answers such as 007 or 3.50 would
+        # come back as the numbers 7 and 3.5. Columns that hold text are read as the text the file has.
+        kwargs["converters"] = {name: str for name in TEXT_FIELDS + tuple(text_columns)}
     if builder == "text":
         # A blank line means the file is made of text blocks (paragraphs), else one example per line.
         kwargs["sample_by"] = "paragraph" if b"\n\n" in head.replace(b"\r\n", b"\n") else "line"
@@ -321,14 +414,13 @@ def _turn_keys(ds, column: str) -> tuple[str, str] | None:
     import pyarrow as pa
 
     kind = ds.data.schema.field(column).type
-    if not (pa.types.is_list(kind) or pa.types.is_large_list(kind)):
-        return None
-    if pa.types.is_struct(kind.value_type):
+    if _is_json(kind) or ((pa.types.is_list(kind) or pa.types.is_large_list(kind)) and _is_json(kind.value_type)):
+        # Rows whose turns (or whole values) differ in shape come back as JSON values: look at the first rows'
+        # turns. A stray non-list row is reported by _check_rows with its row number.
+        names = {key for turns in ds.select(range(min(len(ds), 100)))[column] if isinstance(turns, list)
+                 for turn in turns if isinstance(turn, dict) for key in turn}
+    elif (pa.types.is_list(kind) or pa.types.is_large_list(kind)) and pa.types.is_struct(kind.value_type):
         names = {kind.value_type.field(i).name for i in range(kind.value_type.num_fields)}
-    elif _is_json(kind.value_type):
-        # Turns whose keys differ between rows come back as JSON values: look at the first rows' turns.
-        names = {key for turns in ds.select(range(min(len(ds), 100)))[column] for turn in turns or []
-                 if isinstance(turn, dict) for key in turn}
     else:
         return None
     for role, content in (("from", "value"), ("role", "content")):
@@ -406,10 +498,32 @@ def _resolve_format(ds, spec: DataSpec, origin: _Origin) -> tuple[str, dict[str,
         keys = _turn_keys(ds, columns["chat"])
         role, content = ("from", "value") if fmt == "sharegpt" else ("role", "content")
         if keys is None:
+            _fail_chat_shape(ds, columns["chat"], role, content, origin)
             raise TuneError(f"`{columns['chat']}` must be a list of {{{role}, {content}}} objects",
                             origin.description, f"Expected: {EXPECTED_COLUMNS[fmt]}")
         columns["role"], columns["content"] = keys
     return fmt, columns
+
+
+def _fail_chat_shape(ds, chat: str, role: str, content: str, origin: _Origin) -> None:
+    """Name the first row (and turn) whose chat value is not a list of objects; no-op if every row is one."""
+    for row, value in enumerate(ds[chat]):
+        if isinstance(value, str):
+            try:  # a conversation saved as a JSON string inside the row
+                value = json.loads(value)
+            except ValueError:
+                pass
+            if isinstance(value, list):
+                raise TuneError(f"`{chat}` is a JSON string, not a list of turns", origin.row(row),
+                                f"Store the conversation itself, not its JSON text: \"{chat}\": [{{...}}, ...]")
+        if not isinstance(value, list):
+            raise TuneError(f"`{chat}` is {_describe(value)}; expected a list of turns [{{{role}, {content}}}, ...]",
+                            origin.row(row), f"Write the conversation as a list of {{{role}, {content}}} objects")
+        for turn_no, turn in enumerate(value):
+            if not isinstance(turn, dict):
+                raise TuneError(f"A turn in `{chat}` is {_describe(turn)}; expected an object {{{role}, {content}}}",
+                                origin.row(row, turn=turn_no),
+                                f'Write each turn as {{"{role}": ..., "{content}": ...}}')
 
 
 def _missing(array) -> "Any":
@@ -447,72 +561,215 @@ def _first(mask) -> int | None:
     return int(hits[0]) if len(hits) else None
 
 
-def _check_rows(ds, fmt: str, columns: dict[str, str], origin: _Origin) -> None:
-    """Every row has what its format needs; the first that doesn't is named. Vectorised with Arrow: fast on big data."""
-    import numpy as np
+def _describe(value) -> str:
+    """A value as a person would name it in their file: `a number (123)`, `a list (["a", "b"])`, `null`."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"{str(value).lower()} (a true/false value)"
+    if isinstance(value, (int, float)):
+        return f"a number ({value!r})"
+    if isinstance(value, str):
+        return f"text ({_short(value)!r})" if value.strip() else "empty text"
+    if isinstance(value, (list, tuple, dict)) and not value:
+        return "an empty list" if isinstance(value, (list, tuple)) else "an empty object"
+    kind = "a list" if isinstance(value, (list, tuple)) else "an object" if isinstance(value, dict) else \
+        f"a {type(value).__name__}"
+    return f"{kind} ({_short(json.dumps(value, ensure_ascii=False, default=str))})"
+
+
+def _short(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def _text_fix(key: str, value) -> str:
+    if isinstance(value, (bool, int, float)):
+        return f'Write it as text in quotes ("{key}": "{json.dumps(value)}"), or fix the value'
+    if isinstance(value, (list, tuple)):
+        return f"Join the parts into one string, or move the row's `{key}` into the format's own structure"
+    return f"Make `{key}` a string in every row"
+
+
+def _not_text(array, column: str, origin: _Origin) -> tuple[int, Any] | None:
+    """(row, value) of the first value that is neither text nor null, or None. Vectorised unless stored as JSON."""
+    import pyarrow as pa
     import pyarrow.compute as pc
 
-    wanted = list(columns.values()) + ["instruction", "output", "input", "history", "tools"]
+    kind = array.type
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_null(kind):
+        return None
+    if _is_json(kind):
+        # datasets stores a column of mixed types as JSON text but keeps a string that is itself valid JSON
+        # unquoted, so the text "3" reads back as the number 3. Confirm each suspect against the file itself.
+        raw = None
+        for i, value in enumerate(_pylist(array)):
+            if value is None or isinstance(value, str):
+                continue
+            raw = raw if raw is not None else (origin.raw_rows(len(array)) or [])
+            if i < len(raw) and isinstance(raw[i], dict):
+                value = raw[i].get(column)
+                if value is None or isinstance(value, str):
+                    continue
+            return i, value
+        return None
+    row = _first(pc.is_valid(array).to_numpy(zero_copy_only=False))  # every stored value has the wrong type
+    return None if row is None else (row, array[row].as_py())
+
+
+def _fail_not_text(table, column: str, origin: _Origin) -> None:
+    if column not in table.column_names:
+        return
+    bad = _not_text(table.column(column).combine_chunks(), column, origin)
+    if bad is not None:
+        row, value = bad
+        raise TuneError(f"`{column}` is {_describe(value)}; expected text", origin.row(row), _text_fix(column, value))
+
+
+def _check_rows(ds, fmt: str, columns: dict[str, str], origin: _Origin) -> None:
+    """Every row has what its format needs, of the right type; the first that doesn't is named by its row in the
+    file. Runs on the rows as read, before any split or shuffle, and before any template sees them. Vectorised with
+    Arrow where the column has one type: fast on big data."""
+    import pyarrow.compute as pc
+
+    wanted = list(columns.values()) + ["instruction", "output", "input", "history", "tools", "system"]
     table = ds.select_columns([c for c in ds.column_names if c in wanted]).with_format("arrow")[:]
 
     def fail_missing(column: str, mask, fix: str, what: str = "has no"):
         row = _first(mask)
         if row is not None:
-            raise TuneError(f"A row {what} `{column}`", origin.row(row), fix)
+            found = _describe(table.column(column)[row].as_py()) if column in table.column_names else "absent"
+            raise TuneError(f"A row {what} `{column}` (found: {found})", origin.row(row), fix)
 
     if fmt == "alpaca":
+        for column in ("instruction", "input", "output", "system"):
+            _fail_not_text(table, column, origin)
         fail_missing("instruction", _missing(table.column("instruction").combine_chunks())
                      & ~_present(table, "input"), "Give every row an instruction (or an input)")
         fail_missing("output", _missing(table.column("output").combine_chunks()),
                      "Give every row the response to learn (`output`), or remove the row")
         if "history" in table.column_names:
-            _check_history(ds, table.column("history").combine_chunks(), origin)
+            _check_history(table.column("history").combine_chunks(), origin)
         return
     if fmt in ("text", "classification"):
         text = columns["text"]
+        _fail_not_text(table, text, origin)
         fail_missing(text, pc.is_null(table.column(text).combine_chunks()).to_numpy(zero_copy_only=False),
                      f"Give every row its `{text}`, or remove the row")
         if fmt == "classification":
             label = columns["label"]
+            _check_label_types(table.column(label).combine_chunks(), label, origin)
             fail_missing(label, _missing(table.column(label).combine_chunks()),
                          "Give every row a label, or remove the row", what="has an empty label in")
         return
     chat, role_key, content_key = columns["chat"], columns["role"], columns["content"]
+    _fail_not_text(table, "system", origin)
     turns = table.column(chat).combine_chunks()
-    fail_missing(chat, _missing(turns), f"Give every row a non-empty `{chat}` list, or remove the row")
     known = templates.SHAREGPT_ROLES if fmt == "sharegpt" else templates.MESSAGE_ROLES
-    if _is_json(turns.type.value_type):
-        _check_turns_slowly(_pylist(pc.list_flatten(turns)),
-                            np.asarray(pc.list_parent_indices(turns).to_numpy(zero_copy_only=False)),
-                            len(turns), chat, role_key, content_key, known, origin)
+    if not _is_list(turns.type) or not _plain_turns(turns.type, role_key, content_key):
+        # Turns whose keys or types vary between rows are stored as JSON, which datasets decodes lossily (the
+        # text "42" comes back as the number 42), so read them from the file itself where it is JSON.
+        raw = origin.raw_rows(len(turns))
+        values = [r.get(chat) if isinstance(r, dict) else None for r in raw] if raw is not None else ds[chat]
+        for row, value in enumerate(values):
+            if _blank(value):
+                raise TuneError(f"A row has no `{chat}` (found: {_describe(value)})", origin.row(row),
+                                f"Give every row a non-empty `{chat}` list, or remove the row")
+            if not isinstance(value, list):
+                raise TuneError(f"`{chat}` is {_describe(value)}; expected a list of turns "
+                                f"[{{{role_key}, {content_key}}}, ...]", origin.row(row),
+                                f"Write the conversation as a list of {{{role_key}, {content_key}}} objects")
+        flat = [turn for value in values for turn in value]
+        parents = [row for row, value in enumerate(values) for _ in value]
+        _check_turns_slowly(flat, parents, len(values), chat, role_key, content_key, known, origin)
     else:
+        fail_missing(chat, _missing(turns), f"Give every row a non-empty `{chat}` list, or remove the row")
         _check_turns(turns, chat, role_key, content_key, known, origin)
     _check_tools(table, origin)
 
 
-def _check_turns(turns, chat: str, role_key: str, content_key: str, known: dict, origin: _Origin) -> None:
-    """Turn checks on Arrow structs, vectorised."""
+def _plain_turns(kind, role_key: str, content_key: str) -> bool:
+    """Turns stored as Arrow structs whose role and content are plain text: checkable without Python loops."""
+    import pyarrow as pa
+
+    if not pa.types.is_struct(kind.value_type):
+        return False
+    fields = {kind.value_type.field(i).name: kind.value_type.field(i).type
+              for i in range(kind.value_type.num_fields)}
+    content = fields.get(content_key, pa.string())
+    return _is_text_type(fields.get(role_key, pa.string())) and (_is_text_type(content)
+                                                                  or pa.types.is_null(content))
+
+
+def _is_list(kind) -> bool:
+    import pyarrow as pa
+    return pa.types.is_list(kind) or pa.types.is_large_list(kind)
+
+
+def _is_text_type(kind) -> bool:
+    import pyarrow as pa
+    return pa.types.is_string(kind) or pa.types.is_large_string(kind)
+
+
+def _check_label_types(array, column: str, origin: _Origin) -> None:
+    """A label is a class: a name, a whole number or true/false. A fraction, list or object is not one."""
     import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    kind = array.type
+    if _is_text_type(kind) or pa.types.is_integer(kind) or pa.types.is_boolean(kind) or pa.types.is_null(kind):
+        return
+    if pa.types.is_floating(kind):
+        values = array.to_numpy(zero_copy_only=False)
+        fractional = np.isfinite(values) & (values != np.round(values))
+        bad = _first(fractional)
+        value = None if bad is None else float(values[bad])
+    elif _is_json(kind):
+        bad, value = next(((i, v) for i, v in enumerate(_pylist(array)) if not _is_label(v)), (None, None))
+    else:
+        bad = _first(pc.is_valid(array).to_numpy(zero_copy_only=False))
+        value = None if bad is None else array[bad].as_py()
+    if bad is not None:
+        raise TuneError(f"`{column}` is {_describe(value)}; expected one class label (a name such as \"positive\" "
+                        "or a whole number)", origin.row(bad),
+                        "Give each row exactly one label; classification cannot learn fractional scores or lists")
+
+
+def _is_label(value) -> bool:
+    if value is None or isinstance(value, (str, bool, int)):
+        return True
+    return isinstance(value, float) and (value != value or value.is_integer())  # NaN is an empty label, named later
+
+
+def _check_turns(turns, chat: str, role_key: str, content_key: str, known: dict, origin: _Origin) -> None:
+    """Turn checks on Arrow structs of text (see _plain_turns), vectorised."""
+    import numpy as np
+    import pyarrow as pa
     import pyarrow.compute as pc
 
     flat = pc.list_flatten(turns)
     parents = np.asarray(pc.list_parent_indices(turns).to_numpy(zero_copy_only=False))
-    roles = flat.field(role_key)
+    fields = {flat.type.field(i).name: flat.type.field(i).type for i in range(flat.type.num_fields)}
+
+    def where(i: int) -> str:
+        row = int(parents[i])
+        return origin.row(row, turn=i - int(np.searchsorted(parents, row)))
+
+    roles = flat.field(role_key) if role_key in fields else pa.nulls(len(flat), pa.string())
     no_role = _missing(roles)
     if no_role.any():
-        raise TuneError(f"A turn in `{chat}` has no `{role_key}`", origin.row(int(parents[_first(no_role)])),
+        raise TuneError(f"A turn in `{chat}` has no `{role_key}`", where(_first(no_role)),
                         f"Give every turn a `{role_key}`")
     unknown = ~np.asarray(pc.is_in(roles, value_set=_pa_strings(known)).to_numpy(zero_copy_only=False), dtype=bool)
     if unknown.any():
         i = _first(unknown)
-        raise TuneError(f"Unknown role {roles[i].as_py()!r} in `{chat}`", origin.row(int(parents[i])),
+        raise TuneError(f"Unknown role {roles[i].as_py()!r} in `{chat}`", where(i),
                         f"Use one of: {', '.join(known)}")
-    has_content = content_key in {flat.type.field(i).name for i in range(flat.type.num_fields)}
-    no_content = _missing(flat.field(content_key)) if has_content else np.ones(len(flat), dtype=bool)
-    if "tool_calls" in {flat.type.field(i).name for i in range(flat.type.num_fields)}:
+    no_content = _missing(flat.field(content_key)) if content_key in fields else np.ones(len(flat), dtype=bool)
+    if "tool_calls" in fields:
         no_content &= _missing(flat.field("tool_calls"))  # an OpenAI tool-call turn may have no content
     if no_content.any():
-        raise TuneError(f"A turn in `{chat}` has no `{content_key}`", origin.row(int(parents[_first(no_content)])),
+        raise TuneError(f"A turn in `{chat}` has no `{content_key}`", where(_first(no_content)),
                         f"Give every turn its text in `{content_key}`")
     trains = np.asarray(pc.is_in(roles, value_set=_pa_strings(templates.ASSISTANT_TAGS)).to_numpy(
         zero_copy_only=False), dtype=bool)
@@ -526,22 +783,36 @@ def _check_turns(turns, chat: str, role_key: str, content_key: str, known: dict,
 
 def _check_turns_slowly(flat: list, parents, rows: int, chat: str, role_key: str, content_key: str, known: dict,
                         origin: _Origin) -> None:
-    """The same checks in Python, for turns stored as JSON (their keys differ between rows)."""
+    """The same checks in Python, plus the types, for turns stored as JSON (their keys or types differ)."""
     import numpy as np
 
     has_answer = np.zeros(rows, dtype=bool)
+    previous, turn_no = -1, 0
     for turn, row in zip(flat, parents):
         row = int(row)
-        if not isinstance(turn, dict) or _blank(turn.get(role_key)):
-            raise TuneError(f"A turn in `{chat}` has no `{role_key}`", origin.row(row),
+        turn_no = turn_no + 1 if row == previous else 0
+        previous = row
+        where = origin.row(row, turn=turn_no)
+        if not isinstance(turn, dict):
+            raise TuneError(f"A turn in `{chat}` is {_describe(turn)}; expected an object "
+                            f"{{{role_key}, {content_key}}}", where,
+                            f'Write each turn as {{"{role_key}": ..., "{content_key}": ...}}')
+        role = turn.get(role_key)
+        if _blank(role):
+            raise TuneError(f"A turn in `{chat}` has no `{role_key}` (found: {_describe(role)})", where,
                             f"Give every turn a `{role_key}`")
-        if turn[role_key] not in known:
-            raise TuneError(f"Unknown role {turn[role_key]!r} in `{chat}`", origin.row(row),
+        if not isinstance(role, str) or role not in known:
+            raise TuneError(f"Unknown role {role!r} in `{chat}`" if isinstance(role, str) else
+                            f"`{role_key}` is {_describe(role)}; expected a role name", where,
                             f"Use one of: {', '.join(known)}")
-        if turn.get(content_key) is None and not turn.get("tool_calls"):
-            raise TuneError(f"A turn in `{chat}` has no `{content_key}`", origin.row(row),
+        content = turn.get(content_key)
+        if _blank(content) and isinstance(content, (str, type(None))) and not turn.get("tool_calls"):
+            raise TuneError(f"A turn in `{chat}` has no `{content_key}`", where,
                             f"Give every turn its text in `{content_key}`")
-        has_answer[row] |= turn[role_key] in templates.ASSISTANT_TAGS
+        if content is not None and not isinstance(content, str):
+            raise TuneError(f"`{content_key}` is {_describe(content)}; expected text", where,
+                            _text_fix(content_key, content))
+        has_answer[row] |= role in templates.ASSISTANT_TAGS
     row = _first(~has_answer)
     if row is not None:
         raise TuneError(f"A row has no assistant turn in `{chat}`", origin.row(row),
@@ -554,25 +825,22 @@ def _check_tools(table, origin: _Origin) -> None:
             try:
                 templates.parse_tools(value)
             except ValueError as exc:
-                raise TuneError(f"The `tools` field is not a valid JSON list of tools: {exc}", origin.row(i),
+                raise TuneError(f"The `tools` field is not a valid JSON list of tools: {exc} (found: "
+                                f"{_describe(value)})", origin.row(i),
                                 "Write tools as a JSON array of function schemas") from None
 
 
-def _check_history(ds, history, origin: _Origin) -> None:
+def _check_history(history, origin: _Origin) -> None:
     """alpaca `history`: null or a list of [query, response] pairs of text."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    def is_list(kind):
-        return pa.types.is_list(kind) or pa.types.is_large_list(kind)
-
     bad = None
     if pa.types.is_null(history.type):
         return
-    if is_list(history.type) and is_list(history.type.value_type) and (
-            pa.types.is_string(history.type.value_type.value_type)
-            or pa.types.is_large_string(history.type.value_type.value_type)):
+    if _is_list(history.type) and _is_list(history.type.value_type) and _is_text_type(
+            history.type.value_type.value_type):
         pairs = pc.list_flatten(history)
         parents = np.asarray(pc.list_parent_indices(history).to_numpy(zero_copy_only=False))
         lengths = pc.list_value_length(pairs).fill_null(0).to_numpy(zero_copy_only=False)
@@ -582,16 +850,18 @@ def _check_history(ds, history, origin: _Origin) -> None:
             short = None if blank is None else blank // 2  # every pair has exactly two entries here
         bad = None if short is None else int(parents[short])
     else:  # mixed shapes are stored as JSON: check them in Python
-        for row, value in enumerate(ds["history"]):
+        for row, value in enumerate(_pylist(history)):
             if value is None:
                 continue
             if not isinstance(value, list) or not all(
-                    isinstance(pair, list) and len(pair) == 2 and not any(_blank(x) for x in pair) for pair in value):
+                    isinstance(pair, list) and len(pair) == 2
+                    and all(isinstance(x, str) and x.strip() for x in pair) for pair in value):
                 bad = row
                 break
     if bad is not None:
-        raise TuneError("A `history` entry is not a [query, response] pair of text", origin.row(bad),
-                        'Write history as [["earlier question", "earlier answer"], ...]')
+        found = _describe(history[bad].as_py() if not _is_json(history.type) else _pylist(history[bad:bad + 1])[0])
+        raise TuneError(f"A `history` entry is not a [query, response] pair of text (found: {found})",
+                        origin.row(bad), 'Write history as [["earlier question", "earlier answer"], ...]')
 
 
 def _present(table, column: str):
@@ -634,7 +904,11 @@ def load_raw(spec: DataSpec, seed: int = 42) -> RawData:
 
     Raises TuneError on bad input. `seed` makes the val_size split reproducible (the runner passes train.seed).
     """
-    train, own_val, origin, _ = _load_source(spec.path, "data.path")
+    import numpy as np
+
+    text_columns = (spec.text_column,) if spec.text_column else ()
+    train, own_val, origin, _ = _load_source(spec.path, "data.path", text_columns=text_columns)
+    val_origin = None
     if spec.max_samples:
         train = train.select(range(min(spec.max_samples, len(train))))
     fmt, columns = _resolve_format(train, spec, origin)
@@ -642,7 +916,7 @@ def load_raw(spec: DataSpec, seed: int = 42) -> RawData:
     source = origin.description
     val = None
     if spec.val_path:
-        val, _, val_origin, _ = _load_source(spec.val_path, "data.val_path")
+        val, _, val_origin, _ = _load_source(spec.val_path, "data.val_path", text_columns=text_columns)
         needed = [columns[k] for k in ("chat", "text", "label") if k in columns]
         needed += ["instruction", "output"] if fmt == "alpaca" else []
         missing = [c for c in needed if c not in val.column_names]
@@ -660,22 +934,44 @@ def load_raw(spec: DataSpec, seed: int = 42) -> RawData:
         if count >= len(train):
             raise TuneError(f"`data.val_size` asks for {count} validation rows but there are only {len(train)} rows",
                             "data.val_size", "Use a smaller fraction (e.g. 0.1) or count")
+        # The split shuffles rows, so each carries its row number in the file: a later error (a chat template
+        # refusing a conversation) can still name the row the user sees.
+        rows = np.arange(len(train), dtype=np.int64)
+        train = train.add_column(ROW_COLUMN, rows, new_fingerprint=hashlib.sha256(
+            f"{train._fingerprint}|{ROW_COLUMN}".encode()).hexdigest()[:32])
         split = train.train_test_split(test_size=count, seed=seed, shuffle=True)
         train, val = split["train"], split["test"]
         source += f"; {len(val)} rows held out for validation (seed {seed})"
     elif own_val is not None:
-        _check_rows(own_val, fmt, columns, _Origin(f"{origin.description} (validation split)"))
+        val_origin = _Origin(f"{origin.description} (validation split)")
+        _check_rows(own_val, fmt, columns, val_origin)
         val = own_val
         source += "; validation: its validation split"
     label_names = None
     if fmt == "classification":
-        label_names = _label_names([train] + ([val] if val is not None else []), columns["label"])
+        label_names = _label_names([train], columns["label"])
         if len(label_names) < 2:
             raise TuneError(f"Classification needs at least two labels; `{columns['label']}` only has "
                             f"{label_names}", origin.description, "Check data.label_column")
+        if val is not None and spec.val_path:
+            _check_val_labels(val, columns["label"], label_names, val_origin)
+        elif val is not None:  # a random split can put a rare label's only rows in validation
+            label_names = _label_names([train, val], columns["label"])
     log.info("Data: %d training rows%s from %s (%s)", len(train),
              f", {len(val)} validation rows" if val is not None else "", origin.description, fmt)
-    return RawData(format=fmt, train=train, val=val, label_names=label_names, source=source, columns=columns)
+    return RawData(format=fmt, train=train, val=val, label_names=label_names, source=source, columns=columns,
+                   origins={"train": origin, "val": val_origin or origin})
+
+
+def _check_val_labels(val, column: str, label_names: list[str], origin: _Origin) -> None:
+    """Every label in a separate validation file must be one the training rows teach."""
+    known = set(label_names)
+    for row, value in enumerate(_pylist(val.select_columns([column]).with_format("arrow")[:].column(column)
+                                        .combine_chunks())):
+        if value is not None and _label_text(value) not in known:
+            raise TuneError(f"`{column}` is {_label_text(value)!r}, a label no training row has (training labels: "
+                            f"{', '.join(label_names)})", origin.row(row),
+                            "Fix the label's spelling, or add training rows with it")
 
 
 # ================================================================== tokenize
@@ -710,19 +1006,27 @@ class _Encoder:
                                         row.get("system") or self.spec.system_prompt),
                 templates.parse_tools(row.get("tools")))
 
-    def sft(self, batch: dict, indices: list[int]) -> dict:
+    def sft(self, batch: dict, indices: list[int], origin: _Origin) -> dict:
+        from jinja2.exceptions import TemplateError
+
         out = {"input_ids": [], "attention_mask": [], "labels": [], "_length": [], "_prompt": [], "_keep": []}
         names = list(batch)
         for n, index in enumerate(indices):
             row = {name: batch[name][n] for name in names}
+            file_row = row.pop(ROW_COLUMN, index)  # after a shuffled split, the position is not the file's row
             messages, tools = self.messages(row)
             try:
                 ids, labels = self.chat.encode(messages, tools)
-            except TuneError:
+            except TemplateError as exc:
+                # The template's own raise_exception (e.g. "roles must alternate"): its words are for the user.
+                # Types were checked before any template ran, so this is about the conversation's shape.
+                raise TuneError(f"The model's chat template refuses this conversation: {exc}", origin.row(file_row),
+                                "Reorder or merge its turns as the template asks (many templates want user and "
+                                "assistant turns to alternate, starting with user, after at most one system turn)"
+                                ) from exc
+            except Exception as exc:  # not the user's data (its types were checked): a bug, so keep the traceback
+                exc.add_note(f"while formatting {origin.row(file_row)}")
                 raise
-            except Exception as exc:  # jinja's raise_exception: the template refuses this conversation
-                raise TuneError(f"The chat template rejects example {index + 1}: {exc}", "data.path",
-                                "Check that roles alternate as the model's template expects") from exc
             prompt = next((i for i, label in enumerate(labels) if label != IGNORE_INDEX), len(ids))
             out["_length"].append(len(ids))
             out["_prompt"].append(prompt)
@@ -755,12 +1059,12 @@ class _Encoder:
         ids = [row + [eos] if text.strip() else [] for row, text in zip(enc, texts)]
         return {"input_ids": ids, "_length": [len(x) for x in ids], "_keep": [bool(x) for x in ids]}
 
-    def encode(self, batch: dict, indices: list[int]) -> dict:
+    def encode(self, batch: dict, indices: list[int], origin: _Origin) -> dict:
         if self.fmt == "text":
             return self.documents(batch, indices)
         if self.fmt == "classification":
             return self.classification(batch, indices)
-        return self.sft(batch, indices)
+        return self.sft(batch, indices, origin)
 
 
 def _pack(batch: dict, block: int) -> dict:
@@ -818,9 +1122,9 @@ def tokenize(raw: RawData, tokenizer, spec: DataSpec,
     done = [0]
     ran = [False]
 
-    def work(batch, indices):
+    def work(batch, indices, origin):
         ran[0] = True
-        out = encoder.encode(batch, indices)
+        out = encoder.encode(batch, indices, origin)
         done[0] += len(indices)
         if progress:
             progress(done[0], total)
@@ -837,7 +1141,9 @@ def tokenize(raw: RawData, tokenizer, spec: DataSpec,
         if ds is None:
             prepared[name] = None
             continue
-        fp, mapped = run(ds, f"encode-{name}", work, with_indices=True, remove_columns=ds.column_names)
+        origin = raw.origins.get(name) or _Origin(raw.source)
+        fp, mapped = run(ds, f"encode-{name}", work, with_indices=True, remove_columns=ds.column_names,
+                         fn_kwargs={"origin": origin})
         cols = mapped.with_format("arrow")[:]
         lengths, keep = cols.column("_length").to_numpy(), cols.column("_keep").to_numpy(zero_copy_only=False)
         part_stats = _lengths_stats(lengths, keep, spec.max_length)
@@ -900,13 +1206,15 @@ def preview(spec: DataSpec, tokenizer, n: int = 3) -> Preview:
     """
     from datasets import Dataset
 
-    train, _, origin, rows = _load_source(spec.path, "data.path", streaming=True)
+    train, _, origin, rows = _load_source(spec.path, "data.path", streaming=True,
+                                          text_columns=(spec.text_column,) if spec.text_column else ())
     limit = max(n, PREVIEW_SAMPLE)
     if isinstance(train, Dataset):
         head = train.select(range(min(limit, len(train))))
     else:
         try:
-            head = Dataset.from_list(list(train.take(limit)))
+            # Rows whose types differ are kept as JSON values, so the row checks can name the odd one out.
+            head = Dataset.from_list(list(train.take(limit)), on_mixed_types="use_json")
         except Exception as exc:
             if origin.path is not None and origin.jsonl:
                 _diagnose_json_lines(origin.path, "data.path")
@@ -915,7 +1223,7 @@ def preview(spec: DataSpec, tokenizer, n: int = 3) -> Preview:
     _check_rows(head, fmt, columns, origin)
     label_names = _label_names([head], columns["label"]) if fmt == "classification" else None
     encoder = _Encoder(fmt, columns, tokenizer, spec, label_names)
-    out = encoder.encode(head[:], list(range(len(head))))
+    out = encoder.encode(head[:], list(range(len(head))), origin)
     stats = _lengths_stats(out["_length"], out["_keep"], spec.max_length)
     if fmt == "text":
         stats["truncated"] = 0
