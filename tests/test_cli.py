@@ -40,7 +40,9 @@ def _bad_inputs(tmp: Path, demo_model_dir: Path) -> dict:
         "model dir without tokenizer": (["--set", f"model.name_or_path={no_tokenizer}"], "has no tokenizer"),
         "hub model not cached, offline": (["--set", "model.name_or_path=someone/not-cached"],
                                           "not in the local Hugging Face cache"),
-        "unknown method": (["--set", "method.kind=prefix"], "`method.kind` is 'prefix'"),
+        "unknown method (blamed on the --set, not the preset's line)": (
+            ["--set", "method.kind=prefix"], "`method.kind` is 'prefix', which is not a valid choice "
+                                             "(--set method.kind=prefix)"),
         "missing data file": (["--set", f"data.path={tmp / 'missing.json'}"], "missing.json does not exist"),
         "empty data file": (["--set", "data.path=" + _write(tmp / "empty.json", "")], "is empty"),
         "malformed JSON": (["--set", "data.path=" + _write(
