@@ -197,8 +197,8 @@ LLaMA-Factory writes its YAML: `learning_rate: 1e-4`) or inside a section on the
 
 def _precision_flag(name: str):
     def convert(value):
-        # `bf16: true` picks that precision; `false` only says "not this one", which `auto` already honours on
-        # hardware without it, so it sets nothing (HF configs often carry `bf16: false` beside `fp16: true`).
+        # `bf16: true` picks that precision. `false` says "not this one" and names no other, so it sets nothing and
+        # train.precision keeps its value (HF configs often carry `bf16: false` beside `fp16: true`).
         if isinstance(value, bool):
             return name if value else _UNSET
         return value  # not a boolean: left for the type check on train.precision to explain
