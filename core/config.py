@@ -155,6 +155,81 @@ class RunConfig:
     output: OutputSpec = field(default_factory=OutputSpec)
 
 
+# ---------------------------------------------------------------- foreign key names
+
+ALIASES: dict[str, str] = {
+    # HF Trainer (TrainingArguments) names
+    "learning_rate": "train.lr",
+    "num_train_epochs": "train.epochs",
+    "per_device_train_batch_size": "train.batch_size",
+    "gradient_accumulation_steps": "train.grad_accum",
+    "lr_scheduler_type": "train.scheduler",
+    "warmup_ratio": "train.warmup_ratio",
+    "weight_decay": "train.weight_decay",
+    "max_grad_norm": "train.max_grad_norm",
+    "max_steps": "train.max_steps",
+    "seed": "train.seed",
+    "logging_steps": "train.logging_steps",
+    "eval_steps": "train.eval_steps",
+    "save_steps": "train.save_steps",
+    "save_total_limit": "train.save_total_limit",
+    "gradient_checkpointing": "train.gradient_checkpointing",
+    "bf16": "train.precision",
+    "fp16": "train.precision",
+    # LLaMA-Factory names
+    "model_name_or_path": "model.name_or_path",
+    "trust_remote_code": "model.trust_remote_code",
+    "finetuning_type": "method.kind",
+    "lora_rank": "method.lora.r",
+    "lora_alpha": "method.lora.alpha",
+    "lora_dropout": "method.lora.dropout",
+    "lora_target": "method.lora.target_modules",
+    "use_rslora": "method.lora.use_rslora",
+    "use_dora": "method.lora.use_dora",
+    "cutoff_len": "data.max_length",
+    "max_samples": "data.max_samples",
+    "val_size": "data.val_size",
+}
+"""Key names people bring from the HF Trainer and LLaMA-Factory -> our dotted key. Each is accepted bare (flat, as
+LLaMA-Factory writes its YAML: `learning_rate: 1e-4`) or inside a section on the way to its target
+(`train.learning_rate`, `method.lora_rank`), in files and in --set."""
+
+
+def _precision_flag(name: str):
+    def convert(value):
+        # `bf16: true` picks that precision. `false` says "not this one" and names no other, so it sets nothing and
+        # train.precision keeps its value (HF configs often carry `bf16: false` beside `fp16: true`).
+        if isinstance(value, bool):
+            return name if value else _UNSET
+        return value  # not a boolean: left for the type check on train.precision to explain
+    return convert
+
+
+def _lora_target(value):
+    # LLaMA-Factory writes `lora_target: all` or a comma-separated string; we take all-linear or a list.
+    if value == "all":
+        return "all-linear"
+    if isinstance(value, str) and "," in value:
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+_UNSET = object()
+_ALIAS_VALUES = {"bf16": _precision_flag("bf16"), "fp16": _precision_flag("fp16"), "lora_target": _lora_target}
+
+
+def canonical_key(key: str) -> str:
+    """Our dotted key for `key`: the target of a foreign alias when it is written bare or inside a section on the way
+    to that target (`learning_rate`, `train.learning_rate` -> `train.lr`); any other key unchanged."""
+    prefix, _, name = key.rpartition(".")
+    target = ALIASES.get(name)
+    if target is None or key == target:
+        return key
+    if not prefix or target.startswith(prefix + "."):
+        return target
+    return key
+
+
 # ---------------------------------------------------------------- conversion
 
 def to_dict(config: Any) -> dict:
@@ -250,45 +325,64 @@ def _type_name(hint) -> str:
         hint, getattr(hint, "__name__", str(hint)))
 
 
-def _build(cls, raw: dict, prefix: str, where: str | None, lines: dict | None = None):
+def _build(cls, raw: dict, prefix: str, where: str | None, origins: dict | None = None):
     known = {f.name for f in fields(cls)}
     hints = _hints(cls)
     kwargs = {}
     for key, value in raw.items():
         dotted = prefix + str(key)
-        at = _where(where, lines, dotted)
+        at = _where(where, origins, dotted)
         if key not in known:
-            near = difflib.get_close_matches(str(key), sorted(known), n=1, cutoff=0.5)
-            fix = (f"Did you mean `{prefix}{near[0]}`?" if near
-                   else f"Valid keys here: {', '.join(prefix + k for k in sorted(known))}")
-            raise TuneError(f"Unknown config key `{dotted}`", at, fix)
+            raise TuneError(f"Unknown config key `{dotted}`", at, _suggest(str(key), known, prefix))
         hint = hints[key]
         if is_dataclass(hint):
             if not isinstance(value, dict):
                 raise TuneError(f"`{dotted}` must be a section (a mapping of keys), got {value!r}", at)
-            kwargs[key] = _build(hint, value, dotted + ".", where, lines)
+            kwargs[key] = _build(hint, value, dotted + ".", where, origins)
         else:
             kwargs[key] = _coerce(value, hint, dotted, at)
     return cls(**kwargs)
 
 
-def _where(where: str | None, lines: dict | None, dotted: str) -> str | None:
-    if where and lines and dotted in lines:
-        return f"{where}, line {lines[dotted]}, key {dotted}"
+def _suggest(key: str, known: set[str], prefix: str) -> str:
+    """The nearest key valid here, counting the foreign names accepted here (`learnig_rate` -> `train.lr`)."""
+    pool = {name: prefix + name for name in known}
+    for alias, target in ALIASES.items():
+        if alias not in pool and canonical_key(prefix + alias) == target:
+            pool[alias] = target
+    near = difflib.get_close_matches(key, sorted(pool), n=1, cutoff=0.5)
+    if near:
+        return f"Did you mean `{pool[near[0]]}`?"
+    return f"Valid keys here: {', '.join(prefix + k for k in sorted(known))}"
+
+
+# Where a key came from, for error messages: origins map a dotted key (ours) to ("line", N, key as written) for a
+# config file, or ("set", "key=value") for a --set. A bare int is a line number (the older form).
+def _where(where: str | None, origins: dict | None, dotted: str) -> str | None:
+    key = dotted
+    while origins and key:
+        origin = origins.get(key)
+        if isinstance(origin, int):
+            origin = ("line", origin, key)
+        if origin is not None and origin[0] == "set":
+            return f"--set {origin[1]}"  # a --set covers every key below the one it set
+        if origin is not None and key == dotted:
+            return f"{where}, line {origin[1]}, key {origin[2]}" if where else f"line {origin[1]}, key {origin[2]}"
+        key = key.rpartition(".")[0]
     if where:
         return f"{where}, key {dotted}"
     return f"key {dotted}"
 
 
-def _key_lines(text: str) -> dict[str, int]:
-    """Map dotted keys to 1-based line numbers, so errors can point at the line."""
-    out: dict[str, int] = {}
+def _key_lines(text: str) -> dict[str, tuple]:
+    """Map dotted keys to their 1-based line numbers (as origins), so errors can point at the line."""
+    out: dict[str, tuple] = {}
 
     def walk(node, prefix):
         if isinstance(node, yaml.MappingNode):
             for k, v in node.value:
                 dotted = prefix + str(k.value)
-                out[dotted] = k.start_mark.line + 1
+                out[dotted] = ("line", k.start_mark.line + 1, dotted)
                 walk(v, dotted + ".")
     try:
         walk(yaml.compose(text), "")
@@ -297,13 +391,72 @@ def _key_lines(text: str) -> dict[str, int]:
     return out
 
 
-def from_dict(raw: dict | None, where: str | None = None, lines: dict | None = None) -> RunConfig:
-    """Build and validate a RunConfig; every problem is a TuneError naming the dotted key."""
+def _canonicalize(raw: dict, where: str | None = None, origins: dict | None = None) -> dict:
+    """A copy of `raw` with foreign keys (ALIASES) moved to our keys; a value given under two names is refused.
+    `origins` follows the moves, so an error about the value still names the line and the name as written."""
+    out = _deep_copy(raw)
+    moves = []
+
+    def walk(node: dict, cls, prefix: str):
+        hints = _hints(cls)
+        for key in list(node):
+            dotted = prefix + str(key)
+            if key in hints:
+                if is_dataclass(hints[key]) and isinstance(node[key], dict):
+                    walk(node[key], hints[key], dotted + ".")
+            elif canonical_key(dotted) != dotted:
+                moves.append((node, key, dotted))
+
+    walk(out, RunConfig, "")
+    moved: dict[str, str] = {}  # our key -> the foreign name that set it, for the message when two names meet
+    for node, key, dotted in moves:
+        target = canonical_key(dotted)
+        value = _alias_value(str(key), node.pop(key))
+        origin = (origins or {}).pop(dotted, None)
+        if value is _UNSET:
+            continue
+        parent = _section(out, target, where, origins)
+        leaf = target.rpartition(".")[2]
+        if leaf in parent:
+            first = (origins or {}).get(target)
+            first_name = moved.get(target) or (first[2] if isinstance(first, tuple) and first[0] == "line" else target)
+            what = (f"`{dotted}` is another name for `{target}`, which is set too" if first_name == target
+                    else f"`{dotted}` and `{first_name}` both set `{target}`")
+            raise TuneError(what,
+                            _where(where, {dotted: origin} if origin else None, dotted), "Keep one of them")
+        parent[leaf] = value
+        moved[target] = dotted
+        if origin is not None and origins is not None:
+            origins[target] = origin
+    return out
+
+
+def _alias_value(name: str, value):
+    convert = _ALIAS_VALUES.get(name)
+    return convert(value) if convert else value
+
+
+def _section(raw: dict, dotted: str, where: str | None, origins: dict | None) -> dict:
+    """The dict that holds `dotted`'s last part, made on the way when missing."""
+    node, done = raw, []
+    for part in dotted.split(".")[:-1]:
+        done.append(part)
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            key = ".".join(done)
+            raise TuneError(f"`{key}` must be a section (a mapping of keys), got {child!r}",
+                            _where(where, origins, key))
+        node = child
+    return node
+
+
+def from_dict(raw: dict | None, where: str | None = None, origins: dict | None = None) -> RunConfig:
+    """Build and validate a RunConfig; every problem is a TuneError naming the dotted key and where it came from."""
     raw = raw or {}
     if not isinstance(raw, dict):
         raise TuneError("A config must be a mapping of sections (model, method, data, train, output)", where)
-    config = _build(RunConfig, raw, "", where, lines)
-    validate(config, where, lines)
+    config = _build(RunConfig, _canonicalize(raw, where, origins), "", where, origins)
+    validate(config, where, origins)
     return config
 
 
@@ -323,13 +476,19 @@ def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunCo
         at = f"{path}, line {mark.line + 1}" if mark else str(path)
         raise TuneError(f"The config is not valid YAML: {getattr(exc, 'problem', exc)}", at,
                         "Fix the indentation or quoting on that line") from None
-    raw = apply_overrides(raw or {}, overrides)
-    return from_dict(raw, str(path), _key_lines(text))
+    if raw is not None and not isinstance(raw, dict):
+        raise TuneError("A config must be a mapping of sections (model, method, data, train, output)", str(path))
+    origins = _key_lines(text)
+    raw = apply_overrides(raw or {}, overrides, str(path), origins)
+    return from_dict(raw, str(path), origins)
 
 
-def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...]) -> dict:
-    """Apply `dotted.key=value` strings; values are parsed as YAML scalars (`30`, `true`, `[q_proj, v_proj]`)."""
-    raw = _deep_copy(raw)
+def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...], where: str | None = None,
+                    origins: dict | None = None) -> dict:
+    """Apply `dotted.key=value` strings; values are parsed as YAML scalars (`30`, `true`, `[q_proj, v_proj]`).
+    Foreign key names are accepted (`learning_rate=1e-4` sets train.lr). `origins`, when given, records each key
+    set here, so an error about it names the --set and not the file the key was first read from."""
+    raw = _canonicalize(raw, where, origins)
     for item in overrides:
         if "=" not in item:
             raise TuneError(f"`--set {item}` has no `=`", None, "Write it as --set section.key=value")
@@ -339,8 +498,13 @@ def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...]) -> dict:
             value = yaml.safe_load(text) if text.strip() else ""
         except yaml.YAMLError:
             value = text
+        target = canonical_key(key)
+        if target != key:
+            value = _alias_value(key.rpartition(".")[2], value)
+            if value is _UNSET:
+                continue
         node = raw
-        parts = key.split(".")
+        parts = target.split(".")
         for part in parts[:-1]:
             child = node.get(part)
             if not isinstance(child, dict):
@@ -348,6 +512,10 @@ def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...]) -> dict:
                 node[part] = child
             node = child
         node[parts[-1]] = value
+        if origins is not None:
+            for dotted in [k for k in origins if k == target or k.startswith(target + ".")]:
+                del origins[dotted]
+            origins[target] = ("set", item.strip())
     return raw
 
 
@@ -360,15 +528,16 @@ def _deep_copy(raw):
 
 
 def with_overrides(config: RunConfig, overrides: list[str] | tuple[str, ...]) -> RunConfig:
-    """A new RunConfig with dotted overrides applied (validated)."""
-    return from_dict(apply_overrides(to_dict(config), overrides))
+    """A new RunConfig with dotted overrides applied (validated); errors name the --set."""
+    origins: dict = {}
+    return from_dict(apply_overrides(to_dict(config), overrides, None, origins), None, origins)
 
 
-def validate(config: RunConfig, where: str | None = None, lines: dict | None = None) -> None:
+def validate(config: RunConfig, where: str | None = None, origins: dict | None = None) -> None:
     """Range checks that types alone cannot express."""
     def check(ok: bool, key: str, what: str, fix: str):
         if not ok:
-            raise TuneError(what, _where(where, lines, key), fix)
+            raise TuneError(what, _where(where, origins, key), fix)
 
     m, d, t = config.method, config.data, config.train
     check(bool(config.model.name_or_path.strip()), "model.name_or_path", "No model is set",
@@ -413,5 +582,5 @@ def validate(config: RunConfig, where: str | None = None, lines: dict | None = N
 __all__ = [
     "RunConfig", "ModelSpec", "MethodSpec", "FreezeSpec", "LoraSpec", "QuantSpec", "DataSpec", "TrainSpec",
     "OutputSpec", "load", "save", "from_dict", "to_dict", "dump_yaml", "apply_overrides", "with_overrides",
-    "validate", "replace", "METHODS", "FORMATS", "DEMO_MODEL",
+    "validate", "replace", "canonical_key", "ALIASES", "METHODS", "FORMATS", "DEMO_MODEL",
 ]

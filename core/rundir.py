@@ -99,6 +99,20 @@ def new_run_dir(output_dir: str | Path, config: RunConfig) -> Path:
     raise TuneError(f"Too many runs named {base} in {root}", "output.dir", "Use another output.run_name")
 
 
+def apply_umask(folder: str | Path) -> None:
+    """Give FOLDER and everything in it the permissions the umask allows. The safetensors writer creates its files
+    owner-only (0600) whatever the umask, so without this a model others on the box should read (a merged export,
+    a run's final/ or checkpoints under umask 022) is readable by its owner alone."""
+    mask = os.umask(0)  # the only way to read the umask; put straight back
+    os.umask(mask)
+    folder = Path(folder)
+    for path in [folder, *folder.rglob("*")] if folder.is_dir() else []:
+        try:
+            path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
+        except OSError:  # not ours, or gone meanwhile (checkpoint rotation): leave it
+            pass
+
+
 def write_pid(run_dir: Path) -> None:
     (run_dir / PID_FILE).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
 

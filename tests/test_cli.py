@@ -40,7 +40,9 @@ def _bad_inputs(tmp: Path, demo_model_dir: Path) -> dict:
         "model dir without tokenizer": (["--set", f"model.name_or_path={no_tokenizer}"], "has no tokenizer"),
         "hub model not cached, offline": (["--set", "model.name_or_path=someone/not-cached"],
                                           "not in the local Hugging Face cache"),
-        "unknown method": (["--set", "method.kind=prefix"], "`method.kind` is 'prefix'"),
+        "unknown method (blamed on the --set, not the preset's line)": (
+            ["--set", "method.kind=prefix"], "`method.kind` is 'prefix', which is not a valid choice "
+                                             "(--set method.kind=prefix)"),
         "missing data file": (["--set", f"data.path={tmp / 'missing.json'}"], "missing.json does not exist"),
         "empty data file": (["--set", "data.path=" + _write(tmp / "empty.json", "")], "is empty"),
         "malformed JSON": (["--set", "data.path=" + _write(
@@ -51,7 +53,7 @@ def _bad_inputs(tmp: Path, demo_model_dir: Path) -> dict:
         "empty classification label": (["--set", "data.path=" + _write(
             tmp / "labels.csv", "text,label\ngood film,pos\nbad film,\nfine film,neg\n")], "empty label"),
         "max_length drops every example": (["--set", "data.max_length=8"], "Every example was dropped"),
-        "mistyped key": (["--set", "train.learning_rate=1e-3"], "Unknown config key `train.learning_rate`"),
+        "mistyped key": (["--set", "train.learnig_rat=1e-3"], "Unknown config key `train.learnig_rat`"),
         "mistyped section in YAML": ([], "Unknown config key `trian`"),
         "wrong type": (["--set", "train.batch_size=abc"], "`train.batch_size` must be a whole number"),
         "negative lr": (["--set", "train.lr=-1"], "the learning rate must be positive"),

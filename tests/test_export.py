@@ -77,3 +77,51 @@ def test_a_merged_model_is_readable_by_others_under_the_usual_umask(lora_run, tm
     for path in [out, *out.rglob("*")]:
         mode = stat.S_IMODE(path.stat().st_mode)
         assert mode & stat.S_IROTH and mode & stat.S_IRGRP, f"{path} is {oct(mode)}"
+
+
+def _umask(mask: int):
+    import contextlib
+    import os
+
+    @contextlib.contextmanager
+    def scope():
+        old = os.umask(mask)
+        try:
+            yield
+        finally:
+            os.umask(old)
+    return scope()
+
+
+@pytest.mark.parametrize("mask, file_mode, dir_mode", [(0o022, 0o644, 0o755), (0o077, 0o600, 0o700)])
+def test_apply_umask_opens_owner_only_files_as_far_as_the_umask_allows(tmp_path, mask, file_mode, dir_mode):
+    import stat
+
+    from core import rundir
+
+    (tmp_path / "m" / "sub").mkdir(parents=True)
+    for path in (tmp_path / "m" / "model.safetensors", tmp_path / "m" / "sub" / "x.json"):
+        path.write_text("x")
+        path.chmod(0o600)  # as safetensors writes it
+    with _umask(mask):
+        rundir.apply_umask(tmp_path / "m")
+    modes = {p.relative_to(tmp_path).as_posix(): stat.S_IMODE(p.stat().st_mode)
+             for p in [tmp_path / "m", *(tmp_path / "m").rglob("*")]}
+    assert modes == {"m": dir_mode, "m/sub": dir_mode, "m/model.safetensors": file_mode, "m/sub/x.json": file_mode}
+
+
+def test_a_runs_checkpoints_are_readable_by_others_under_the_usual_umask(tmp_path, small_config, demo_model_dir):
+    import stat
+
+    from core.training.runner import run
+
+    config = small_config(tmp_path / "runs", train={"max_steps": 1, "save_steps": 1}, data={"val_size": 0})
+    with _umask(0o022):
+        outcome = run(config, lambda event: None)
+    assert outcome.ok
+    checkpoint = outcome.run_dir / "checkpoints" / "checkpoint-1"
+    files = list(checkpoint.rglob("*"))
+    assert any(p.suffix == ".safetensors" for p in files)
+    for path in [checkpoint, *files]:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        assert mode & stat.S_IRGRP and mode & stat.S_IROTH, f"{path.name} is {oct(mode)}"

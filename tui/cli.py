@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import signal
 import sys
 
 # name -> (module under tui.commands, one-line help)
@@ -45,13 +47,29 @@ def main(argv: list[str] | None = None) -> int:
 
     module = importlib.import_module(f"tui.commands.{SUBCOMMANDS[args.command][0]}")
     try:
-        return int(module.run(args) or 0)
+        code = int(module.run(args) or 0)
+        sys.stdout.flush()  # a reader that went away shows here, inside the try, not in the flush at exit
+        return code
+    except BrokenPipeError:
+        return _reader_went_away()
     except TuneError as exc:
         print(f"tunetui {args.command}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _reader_went_away() -> int:
+    """`tunetui runs | head -1`: the reader closed the pipe. Python ignores SIGPIPE, so the write raised instead of
+    the process ending quietly as other tools do. The recipe from the `signal` module docs ("Note on SIGPIPE"):
+    point stdout at /dev/null so the flush at exit cannot raise again, and end as a SIGPIPE would (128 + 13)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # stdout is no real file (a test's capture): nothing to flush
+        pass
+    return 128 + getattr(signal, "SIGPIPE", 13)
 
 
 def _open_app(argv: list[str]) -> int:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from core import rundir
 from core.control import RunControl
 from core.events import CheckpointSaved, Emit, EvalEnded, RunPaused, RunResumed, StepEnded
 from core.training.guard import ClimbWatch
@@ -85,6 +86,7 @@ class EventCallback(TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):
         path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        rundir.apply_umask(path)  # the Trainer's safetensors files are written 0600 whatever the umask
         self.emit(CheckpointSaved(step=state.global_step, path=str(path)))
         self._restart_clock(state)
 

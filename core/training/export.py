@@ -57,7 +57,7 @@ def merge_run(run_dir: str | Path, out_dir: str | Path, *, checkpoint: str | Pat
         tokenizer.save_pretrained(tmp)
         if labels:
             rundir.write_labels(tmp, labels)
-        _apply_umask(tmp)
+        rundir.apply_umask(tmp)
         if out.exists():
             out.rmdir()  # empty (checked above)
         tmp.rename(out)
@@ -79,15 +79,6 @@ def _new_temp_dir(out: Path) -> Path:
             return tmp
         except FileExistsError:
             n += 1
-
-
-def _apply_umask(folder: Path) -> None:
-    """Give every written file the umask's permissions: the safetensors writer creates its file owner-only (0600),
-    and a merged model is meant to be shared with others on the box."""
-    mask = os.umask(0)
-    os.umask(mask)
-    for path in folder.rglob("*"):
-        path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
 
 
 def _adapter_dir(run_dir: Path, checkpoint) -> Path:

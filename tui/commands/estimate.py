@@ -105,26 +105,32 @@ def _as_json(args, shape, settings, rec, methods, free, where) -> dict:
 
 
 def _print(shape, settings, rec, methods, free, where) -> None:
-    from rich.console import Console
+    from rich import box
     from rich.table import Table
+
+    from tui.commands.output import StdoutConsole
 
     from core.resources.estimate import count_text
     from core.resources.recommend import NAMES
 
-    console = Console()
+    console = StdoutConsole()
     gc = "on" if settings.gradient_checkpointing else "off"
     console.print(f"[bold]{shape.name}[/] — {shape.architecture}, {count_text(shape.total_params)} parameters, "
                   f"{shape.num_layers} layers")
     console.print(f"batch {settings.batch_size} × accumulation {settings.grad_accum}, max length {settings.seq_len}, "
                   f"{settings.precision}, {settings.optim}, gradient checkpointing {gc}")
     console.print("free GPU memory: " + (f"{free:.1f} GiB ({where})" if free is not None else where))
-    table = Table(title_justify="left")
+    # Nine columns in 80 (the headers set the widths; the figures are short): no vertical rules, and two spaces
+    # between columns (a blank rule and one space of padding) instead of rich's default three.
+    table = Table(title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1, 0, 0))
     for col in ("method", "peak GiB", "fit", "weights", "grad+opt", "activ.", "logits", "other", "trains"):
-        table.add_column(col, justify="left" if col in ("method", "fit") else "right", no_wrap=True)
+        table.add_column(col, justify="left" if col in ("method", "fit") else "right", no_wrap=True,
+                         min_width=len(col))
     style = {"fits": "green", "tight": "yellow", "no": "red"}
     for m in methods:
         e = rec.estimates[m]
-        fit = rec.fit[m] if not rec.no_gpu else ("CPU ok" if rec.fit[m] == "fits" else "CPU: too big")
+        # Without a GPU the line above the table says so; the cell only says whether the CPU copes.
+        fit = rec.fit[m] if not rec.no_gpu else ("CPU ok" if rec.fit[m] == "fits" else "too big")
         mark = " *" if m == rec.method else ""
         table.add_row(NAMES[m] + mark, f"{e.peak_gib:.1f}", f"[{style[rec.fit[m]]}]{fit}[/]", f"{e.weights_gib:.1f}",
                       f"{e.trainable_state_gib:.1f}", f"{e.activations_gib:.1f}", f"{e.logits_gib:.1f}",

@@ -39,10 +39,10 @@ def _num(value: float | None, fmt: str = "{:.1f}") -> str:
 
 
 def print_snapshot(snapshot, console=None) -> None:
-    from rich.console import Console
+    from tui.commands.output import StdoutConsole
     from rich.table import Table
 
-    console = console or Console()
+    console = console or StdoutConsole()
     if not snapshot.gpus:
         console.print(f"[yellow]{snapshot.gpu_status}[/]: training would run on the CPU.")
     else:

@@ -15,14 +15,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich import box
-    from rich.console import Console
     from rich.markup import escape
-    from rich.table import Table
+
+    from tui.commands.output import StdoutConsole
 
     from core.rundir import list_runs
 
-    console = Console(highlight=False)
+    console = StdoutConsole(highlight=False)
     runs = list_runs(args.output_dir)
     if not runs:
         console.print(f"No runs in {escape(str(args.output_dir))}. Start one with: tunetui train presets/demo.yaml")
@@ -37,14 +36,63 @@ def run(args: argparse.Namespace) -> int:
         for row in rows:
             print("\t".join(row))
         return 0
-    table = Table(title=f"Runs in {escape(str(args.output_dir))}", title_justify="left", box=box.SIMPLE_HEAD)
-    for column in COLUMNS:
-        # The id (it starts with the date) folds on narrow terminals; the short columns never do.
-        table.add_column(column, justify="right" if column in ("step", "last loss") else "left",
-                         overflow="fold" if column in ("id", "model") else "ellipsis",
-                         no_wrap=column not in ("id", "model"), min_width=len(column))
-    for row in rows:
-        status = f"[{STATUS_STYLE.get(row[3], 'white')}]{row[3]}[/]"
-        table.add_row(escape(row[0]), escape(row[1]), row[2], status, *row[4:])
-    console.print(table)
+    for line in _layout(rows, console.width, f"Runs in {escape(str(args.output_dir))}"):
+        console.print(line)
     return 0
+
+
+MODEL_MIN = 10
+"""Narrowest model column worth showing (ellipsized names shorter than this say little)."""
+
+
+def _layout(rows: list[tuple[str, ...]], width: int, title: str) -> list:
+    """The runs table at `width` columns without folding an id or cutting a header. What gives way, in order: the
+    model names (ellipsized), the model column (the id carries the model's short name), the method column (when
+    every id names its method), and last the table itself (one run per two lines: the id, then the rest)."""
+    need = {c: max([len(c)] + [len(row[i]) for row in rows]) for i, c in enumerate(COLUMNS)}
+    names_method = all(row[2] in row[0] for row in rows)
+    for columns in (COLUMNS, _without(COLUMNS, "model"), _without(COLUMNS, "model", "method")):
+        if "method" not in columns and not names_method:
+            break
+        # Without edges, a column takes its cell plus a space either side and a (blank) rule between columns.
+        fixed = sum(need[c] for c in columns if c != "model") + 3 * (len(columns) - 1)
+        if "model" in columns:
+            room = width - fixed
+            if room >= min(need["model"], MODEL_MIN):
+                return [_table(rows, columns, title, model_width=room)]
+        elif fixed <= width:
+            return [_table(rows, columns, title)]
+    return _blocks(rows, title)
+
+
+def _without(columns: tuple[str, ...], *names: str) -> tuple[str, ...]:
+    return tuple(c for c in columns if c not in names)
+
+
+def _table(rows, columns, title, model_width: int | None = None):
+    from rich import box
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    for column in columns:
+        table.add_column(column, justify="right" if column in ("step", "last loss") else "left", no_wrap=True,
+                         overflow="ellipsis", min_width=len(column),
+                         max_width=model_width if column == "model" else None)
+    for row in rows:
+        cells = dict(zip(COLUMNS, row))
+        cells = {**cells, "id": escape(cells["id"]), "model": escape(cells["model"]),
+                 "status": f"[{STATUS_STYLE.get(cells['status'], 'white')}]{cells['status']}[/]"}
+        table.add_row(*(cells[c] for c in columns))
+    return table
+
+
+def _blocks(rows, title) -> list[str]:
+    from rich.markup import escape
+
+    out = [title]
+    for run_id, model, method, status, step, loss in rows:
+        out.append(f"[bold]{escape(run_id)}[/]")
+        out.append(f"  {escape(model)} · {method} · [{STATUS_STYLE.get(status, 'white')}]{status}[/] · step {step}"
+                   f" · last loss {loss}")
+    return out
