@@ -61,3 +61,21 @@ def test_a_climbing_loss_is_warned_about_once():
     warnings = [s for s in said if s]
     assert len(warnings) == 1 and "climbed" in warnings[0] and "train.lr" in warnings[0]
     assert ClimbWatch().observe(1, float("nan")) is None
+
+
+async def test_the_app_shows_a_diverged_run_as_failed(output_dir, small_config, monkeypatch, tmp_path):
+    """In the app: the Run view shows the divergence in its error panel, and the chart holds only real losses (no
+    filtered NaN drawn as 0.0)."""
+    from helpers_run import make_app, screen_text, wait_for
+
+    monkeypatch.setenv("TUNETUI_CONFIG_DIR", str(tmp_path / "config"))
+    config = small_config(output_dir, method={"kind": "full"}, train=BLOW_UP)
+    app = make_app(tmp_path, config=config, output_dir=str(output_dir))
+    async with app.run_test(size=(120, 36)) as pilot:
+        assert app.launch(config)
+        await wait_for(pilot, lambda: app.session.state.status == "failed", timeout=240, what="the run to fail")
+        state = app.session.state
+        assert state.error_kind == "diverged"
+        await wait_for(pilot, lambda: "Training diverged" in screen_text(app), what="the failure on the Run view")
+        assert all(math.isfinite(loss) and loss > 0 for _step, loss in state.losses)
+        await wait_for(pilot, lambda: not app.session.running, what="the training thread to end")
