@@ -98,3 +98,18 @@ async def test_runs_screen_attach_key(tmp_path, monkeypatch):
         await pilot.press("a")
         await wait_for(pilot, lambda: "step 7/30" in screen_text(app), what="the attached Run view")
         assert not app.session.owns_process
+
+
+def test_quitting_a_run_says_how_to_resume_it(tmp_path):
+    from core.events import RunFinished
+    from tui.app import _stopped_words
+
+    out = tmp_path / "runs"
+    stopped = scripted_run(12, run_dir=str(out / "r")) + [
+        RunFinished(run_dir=str(out / "r"), final_dir=None, step=12, max_steps=30, stopped=True)]
+    run_dir = write_run(out, "r", stopped, checkpoint_step=12)
+    words = _stopped_words(str(run_dir))
+    assert "Stopped at step 12 with a checkpoint" in words and f"tunetui train --resume {run_dir}" in words
+    early = write_run(out, "e", scripted_run(0, run_dir=str(out / "e")) + [
+        RunFinished(run_dir=str(out / "e"), final_dir=None, step=0, max_steps=30, stopped=True)])
+    assert "nothing to resume" in _stopped_words(str(early))

@@ -24,6 +24,7 @@ import sys
 import threading
 import time
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from textual.app import App, ScreenStackError, SystemCommand
@@ -402,6 +403,7 @@ def main(config_path: str | None = None, output_dir: str | None = None, attach_d
     """`tunetui [CONFIG.yaml]`: run the app (`attach_dir`: on the live view of that run); returns the exit code."""
     app = create_app(config_path=config_path, output_dir=output_dir, warm_imports=attach_dir is None,
                      attach_dir=attach_dir)
+    stopped_here = False
     try:
         app.run()
     finally:
@@ -409,13 +411,31 @@ def main(config_path: str | None = None, output_dir: str | None = None, attach_d
         # trains on to its end in this process, as it would have in the open app.
         if app.session.running and app.session.owns_process and not app.hung_up:
             app.session.stop(save=True)
+            stopped_here = True
         app.session.wait()
+    from core.terminal import safe_print
+
+    run_dir = app.session.state.run_dir
     if app.detach_run:
-        from core.terminal import safe_print
         from tui.session import continue_in_background
 
         safe_print(continue_in_background(app.detach_run), file=sys.stdout)
+    elif run_dir and app.session.owns_process and (stopped_here or app._exit_when_stopped):
+        safe_print(_stopped_words(run_dir), file=sys.stdout)
     return app.return_code or 0
+
+
+def _stopped_words(run_dir: str) -> str:
+    """What a quit that stopped a run says on the way out: where it stopped and how to go on."""
+    from core import rundir
+
+    summary = rundir.summarize(Path(run_dir))
+    if summary.status == "stopped" and summary.checkpoint is not None:
+        return (f"Stopped at step {summary.step} with a checkpoint. Go on with:\n"
+                f"  tunetui train --resume {run_dir}\n(or r on the Runs screen)")
+    if summary.status == "stopped":
+        return f"Stopped before the first step; nothing to resume. The run folder: {run_dir}"
+    return f"The run {summary.status}: {run_dir}"
 
 
 __all__ = ["TuneApp", "ConfigChanged", "SnapshotTaken", "create_app", "main", "default_config", "SCREENS",
