@@ -1,4 +1,5 @@
-"""`tunetui export RUN --merge OUT`: the merged model loads with AutoModelForCausalLM and matches base + adapter."""
+"""`tunetui export RUN --merge OUT`: the merged model loads with AutoModelForCausalLM (a classifier: ForSequenceClassification)
+and matches base + adapter."""
 from __future__ import annotations
 
 import pytest
@@ -77,3 +78,56 @@ def test_a_merged_model_is_readable_by_others_under_the_usual_umask(lora_run, tm
     for path in [out, *out.rglob("*")]:
         mode = stat.S_IMODE(path.stat().st_mode)
         assert mode & stat.S_IROTH and mode & stat.S_IRGRP, f"{path} is {oct(mode)}"
+
+
+@pytest.mark.parametrize("arch", ["bert", "llama"])
+def test_a_qlora_classifier_trains_reloads_and_merges_into_a_matching_classifier(
+        arch, tmp_path, small_config, sentiment_csv, tiny_bert_dir, demo_model_dir, capsys):
+    import math
+
+    import torch
+    from bitsandbytes.nn import Linear4bit
+    from peft import PeftModel
+    from safetensors import safe_open
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from core import rundir
+    from core.events import RunFinished, StepEnded
+    from core.training.runner import run
+
+    folder = tiny_bert_dir if arch == "bert" else demo_model_dir
+    head = "classifier" if arch == "bert" else "score"
+    config = small_config(tmp_path / "runs", model={"name_or_path": str(folder)}, method={"kind": "qlora"},
+                          data={"path": str(sentiment_csv), "max_samples": None, "val_size": 0, "max_length": 32},
+                          train={"max_steps": 4, "batch_size": 8, "lr": 3e-3, "save_steps": 100})
+    events: list = []
+    outcome = run(config, events.append)
+    assert outcome.status == "finished", outcome.event
+    losses = [e.loss for e in events if isinstance(e, StepEnded) and e.loss is not None]
+    assert len(losses) == 4 and all(math.isfinite(x) for x in losses)
+    assert isinstance(events[-1], RunFinished)
+    # The adapter carries the trained head in full precision (not packed 4-bit bytes).
+    with safe_open(str(outcome.final_dir / "adapter_model.safetensors"), "pt") as f:
+        head_keys = [k for k in f.keys() if f".{head}." in k]
+        assert head_keys and all(f.get_tensor(k).dtype == torch.float32 for k in head_keys), head_keys
+
+    out = tmp_path / "merged"
+    assert main(["export", str(outcome.run_dir), "--merge", str(out)]) == 0
+    capsys.readouterr()
+    labels = rundir.read_labels(out)
+    assert sorted(labels) == ["negative", "positive"]
+
+    tokenizer = AutoTokenizer.from_pretrained(outcome.final_dir)
+    batch = tokenizer(["the movie was very good", "the food was very awful", "it was very lovely"],
+                      return_tensors="pt", padding=True)
+    base = AutoModelForSequenceClassification.from_pretrained(
+        folder, num_labels=len(labels), id2label=dict(enumerate(labels)), pad_token_id=tokenizer.pad_token_id)
+    adapted = PeftModel.from_pretrained(base, str(outcome.final_dir)).eval()
+    merged = AutoModelForSequenceClassification.from_pretrained(out).eval()
+    assert not any(isinstance(m, Linear4bit) for m in merged.modules())
+    assert getattr(merged.config, "quantization_config", None) is None
+    assert merged.config.id2label == dict(enumerate(labels))
+    with torch.no_grad():
+        want, got = adapted(**batch).logits, merged(**batch).logits
+    assert torch.allclose(want, got, atol=1e-4), (want - got).abs().max()
+    assert want.argmax(-1).tolist() == got.argmax(-1).tolist()
