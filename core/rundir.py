@@ -339,6 +339,7 @@ def _mtime(path: Path) -> float:
 
 
 __all__ = ["RunSummary", "new_run_dir", "list_runs", "summarize", "is_running", "latest_checkpoint", "checkpoints",
-           "checkpoint_step", "incomplete_checkpoints", "checkpoint_problem", "load_run_config", "run_id_for", "slug", "write_pid", "clear_pid",
-           "CONFIG_FILE", "EVENTS_FILE", "CHECKPOINTS", "FINAL", "LABELS_FILE", "write_labels", "read_labels",
-           "LOG_FILE", "CONTROL_FILE", "read_pid", "live_runs", "CHECKPOINT_PREFIX", "PARTIAL_CHECKPOINT"]
+           "checkpoint_step", "incomplete_checkpoints", "checkpoint_problem", "load_run_config", "run_id_for", "slug",
+           "write_pid", "clear_pid", "CONFIG_FILE", "EVENTS_FILE", "CHECKPOINTS", "FINAL", "LABELS_FILE",
+           "write_labels", "read_labels", "LOG_FILE", "CONTROL_FILE", "read_pid", "live_runs", "CHECKPOINT_PREFIX",
+           "PARTIAL_CHECKPOINT"]

@@ -200,3 +200,21 @@ def test_checkpoint_problem_reads_sharded_indexes(tmp_path):
     assert rundir.checkpoint_problem(folder) == "weight shards are missing (model-00002-of-00002.safetensors)"
     (folder / "model-00002-of-00002.safetensors").write_bytes(b"x")
     assert rundir.checkpoint_problem(folder) is None
+
+
+def test_a_full_disk_outside_a_save_names_the_folder_that_was_full(output_dir, small_config, demo_model_dir,
+                                                                  tmp_path, monkeypatch):
+    from core.training import models
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+
+    def load_model(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(cache / "weights.bin"))
+
+    monkeypatch.setattr(models, "load_model", load_model)
+    outcome = run(small_config(output_dir), lambda e: None)
+    assert outcome.status == "failed" and outcome.event.kind == "disk_full", outcome.event
+    message = outcome.event.message
+    assert f"writing files to {cache} failed" in message and "No checkpoint had been written yet" in message
+    assert "tunetui train " in message and "config.yaml" in message

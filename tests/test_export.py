@@ -1,5 +1,5 @@
-"""`tunetui export RUN --merge OUT`: the merged model loads with AutoModelForCausalLM (a classifier: ForSequenceClassification)
-and matches base + adapter."""
+"""`tunetui export RUN --merge OUT`: the merged model loads with AutoModelForCausalLM (a classifier with
+AutoModelForSequenceClassification) and matches base + adapter."""
 from __future__ import annotations
 
 import pytest

@@ -92,6 +92,11 @@ class AtomicCheckpointTrainer(Trainer):
         return super()._get_output_dir(trial)
 
     def _save_checkpoint(self, model, trial) -> None:
+        if self.args.world_size > 1:
+            # Under torchrun every process writes its own files (rng_state_<rank>.pth) into the same folder, and
+            # only the main one the rest: renaming would need a barrier between them. Keep the Trainer's way there;
+            # a torn folder is still passed over on resume (rundir.checkpoint_problem).
+            return super()._save_checkpoint(model, trial)
         root = Path(super()._get_output_dir(trial))
         name = f"{rundir.CHECKPOINT_PREFIX}{self.state.global_step}"
         staging = root / rundir.PARTIAL_CHECKPOINT

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import os
 import shutil
 import sys
 import threading
@@ -413,12 +414,16 @@ class _Session:
 
         if isinstance(exc, DiskFull):
             what, folder, free = exc.what, exc.folder, exc.free_bytes
-        else:
-            what, folder, free = "its files", self.run_dir, free_bytes(self.run_dir)
+        else:  # outside a save (config.yaml, the datasets cache ...): the file's own folder when the error names it
+            named = next((e.filename for e in _chain(exc) if isinstance(e, OSError) and e.filename), None)
+            folder = Path(os.fsdecode(named)).parent if named else self.run_dir
+            what, free = "files", free_bytes(folder)
         step = self._step_now()
         latest = rundir.latest_checkpoint(self.run_dir)
-        kept = (f"The newest complete checkpoint, {latest.name}, is intact and nothing half-written was kept. "
-                if latest is not None else "No checkpoint had been written yet; nothing half-written was kept. ")
+        kept = (f"The newest complete checkpoint, {latest.name}, is intact" if latest is not None
+                else "No checkpoint had been written yet")
+        # A save that failed removed what it had written (core.training.checkpoints; _save_final).
+        kept += "; nothing half-written was kept. " if isinstance(exc, DiskFull) else ". "
         again = (f"then continue with `tunetui train --resume {self.run_dir}`" if latest is not None
                  else f"then start it again with `tunetui train {self.run_dir / rundir.CONFIG_FILE}`")
         message = (f"The disk is full: writing {what} to {folder} failed ({format_bytes(free)} free there"
@@ -542,6 +547,15 @@ def _accuracy(eval_pred) -> dict:
 
 
 # ---------------------------------------------------------------- failures
+
+def _chain(exc: BaseException):
+    """`exc` and the exceptions it was raised from or during, innermost last."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
 
 def _is_oom(exc: BaseException) -> bool:
     try:
