@@ -107,9 +107,12 @@ class AtomicCheckpointTrainer(Trainer):
             super()._save_checkpoint(model, trial)
         except BaseException as exc:
             self._staging = None
+            # Judged before cleaning up: removing the partial files frees the space that ran out.
+            full = isinstance(exc, Exception) and is_disk_full(exc, root)
+            free = free_bytes(root)
             shutil.rmtree(staging, ignore_errors=True)  # never leave half a checkpoint behind
-            if isinstance(exc, Exception) and is_disk_full(exc, root):
-                raise DiskFull(root / name, "a checkpoint", free_bytes(root), exc) from exc
+            if full:
+                raise DiskFull(root / name, "a checkpoint", free, exc) from exc
             raise
         finally:
             self._staging = None

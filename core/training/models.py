@@ -320,7 +320,7 @@ def load_model(spec: ModelSpec, method: MethodSpec, task: str, num_labels: int |
     return model
 
 
-def _new_head_skips(auto, config, trust_remote_code: bool) -> list[str]:
+def _new_head_skips(auto, config, trust_remote_code: bool) -> list[str] | None:
     """Modules a quantized classifier must keep in full precision: transformers' defaults plus the task head.
 
     transformers keeps out of quantization the output embeddings, tied weights and the module of the *last*
@@ -334,8 +334,13 @@ def _new_head_skips(auto, config, trust_remote_code: bool) -> list[str]:
 
     from core.training.methods import head_names
 
-    with torch.device("meta"):
-        skeleton = auto.from_config(config, trust_remote_code=trust_remote_code)
+    try:
+        with torch.device("meta"):
+            skeleton = auto.from_config(config, trust_remote_code=trust_remote_code)
+    except Exception as exc:  # some remote-code models cannot be built weightless: say so, keep the defaults
+        log.warning("Cannot tell which modules of %s form its classification head (%s); transformers picks what "
+                    "stays unquantized", config.model_type, _first_line(exc))
+        return None
     skips = set(head_names(skeleton))
     try:
         from transformers.quantizers.base import get_keys_to_not_convert

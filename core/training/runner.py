@@ -354,9 +354,10 @@ class _Session:
             if prepared.task == "classification":
                 rundir.write_labels(tmp, list(prepared.label_names))
         except Exception as exc:
+            full, free = is_disk_full(exc, self.run_dir), free_bytes(self.run_dir)  # before the cleanup frees space
             shutil.rmtree(tmp, ignore_errors=True)
-            if is_disk_full(exc, self.run_dir):
-                raise DiskFull(final, "the final model", free_bytes(self.run_dir), exc) from exc
+            if full:
+                raise DiskFull(final, "the final model", free, exc) from exc
             raise
         if final.exists():  # a resumed run replaces the previous final/: swap, then drop the old one
             final.rename(old)
