@@ -131,3 +131,19 @@ def test_a_qlora_classifier_trains_reloads_and_merges_into_a_matching_classifier
         want, got = adapted(**batch).logits, merged(**batch).logits
     assert torch.allclose(want, got, atol=1e-4), (want - got).abs().max()
     assert want.argmax(-1).tolist() == got.argmax(-1).tolist()
+
+
+def test_a_checkpoint_cut_short_is_refused_by_name(lora_run, tmp_path, capsys):
+    import shutil
+
+    from core import rundir
+
+    outcome, _ = lora_run
+    good = rundir.latest_checkpoint(outcome.run_dir)
+    torn = tmp_path / "checkpoint-99"
+    shutil.copytree(good, torn)
+    (torn / "adapter_model.safetensors").unlink()
+    assert main(["export", str(outcome.run_dir), "--merge", str(tmp_path / "out"), "--checkpoint", str(torn)]) == 2
+    err = capsys.readouterr().err
+    assert "has no adapter weights: it was cut short while saving" in err and str(good) in err
+    assert not (tmp_path / "out").exists()
