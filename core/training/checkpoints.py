@@ -53,10 +53,7 @@ def free_bytes(folder: str | Path) -> int | None:
 
 def is_disk_full(exc: BaseException, folder: str | Path | None = None) -> bool:
     """True when `exc` (or an exception it was raised from) means the disk filled up."""
-    seen = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
+    for current in exception_chain(exc):
         if isinstance(current, OSError) and current.errno in _DISK_FULL_ERRNOS:
             return True
         text = str(current).lower()
@@ -66,8 +63,16 @@ def is_disk_full(exc: BaseException, folder: str | Path | None = None) -> bool:
             free = free_bytes(folder)
             if free is not None and free < LOW_SPACE_BYTES:
                 return True
-        current = current.__cause__ or current.__context__
     return False
+
+
+def exception_chain(exc: BaseException | None):
+    """`exc` and the exceptions it was raised from or during, innermost last."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
 
 
 def format_bytes(n: int | None) -> str:
@@ -131,4 +136,5 @@ class AtomicCheckpointTrainer(Trainer):
                                best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
 
 
-__all__ = ["AtomicCheckpointTrainer", "DiskFull", "is_disk_full", "free_bytes", "format_bytes"]
+__all__ = ["AtomicCheckpointTrainer", "DiskFull", "is_disk_full", "free_bytes", "format_bytes",
+           "exception_chain"]

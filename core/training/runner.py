@@ -411,12 +411,12 @@ class _Session:
         return RunOutcome("failed", self.run_dir, None, step or 0, event)
 
     def _fail_disk_full(self, exc: Exception) -> RunOutcome:
-        from core.training.checkpoints import DiskFull, format_bytes, free_bytes
+        from core.training.checkpoints import DiskFull, exception_chain, format_bytes, free_bytes
 
         if isinstance(exc, DiskFull):
             what, folder, free = exc.what, exc.folder, exc.free_bytes
         else:  # outside a save (config.yaml, the datasets cache ...): the file's own folder when the error names it
-            named = next((e.filename for e in _chain(exc) if isinstance(e, OSError) and e.filename), None)
+            named = next((e.filename for e in exception_chain(exc) if isinstance(e, OSError) and e.filename), None)
             folder = Path(os.fsdecode(named)).parent if named else self.run_dir
             what, free = "files", free_bytes(folder)
         step = self._step_now()
@@ -548,15 +548,6 @@ def _accuracy(eval_pred) -> dict:
 
 
 # ---------------------------------------------------------------- failures
-
-def _chain(exc: BaseException):
-    """`exc` and the exceptions it was raised from or during, innermost last."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        yield exc
-        exc = exc.__cause__ or exc.__context__
-
 
 def _is_oom(exc: BaseException) -> bool:
     try:
