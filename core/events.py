@@ -137,7 +137,8 @@ class RunFailed(Event):
     message: str
     """What went wrong and what to do, in words."""
     kind: str = "error"
-    """user_error | out_of_memory | diverged (loss or gradient norm NaN/inf) | error (a bug: see traceback)."""
+    """user_error | out_of_memory | diverged (loss or gradient norm NaN/inf) | disk_full (a save ran out of space)
+    | error (a bug: see traceback)."""
     run_dir: str | None = None
     step: int | None = None
     traceback: str | None = None

@@ -1,10 +1,11 @@
 """Run directories: create OUTPUT_DIR/<run-id>/, list runs and their state, find checkpoints. Imports nothing heavy.
 
 Layout: config.yaml (full resolved config), events.jsonl (one event per line, appended), run.pid (while a process
-trains it), labels.json (classification runs: the class names, in the head's order), checkpoints/checkpoint-<step>/,
-final/ (adapter or full model, tokenizer, labels.json), output.log (what the process printed after its terminal went
-away), control.json (a pause/resume/stop request waiting for the runner; see core.control), viewers/ (one empty file per
-app attached to the run from another process, named <host>-<pid>; the run's status shows who is watching).
+trains it), labels.json (classification runs: the class names, in the head's order), checkpoints/checkpoint-<step>/
+(renamed into place once complete; checkpoints/.partial/ holds one being written), final/ (adapter or full model,
+tokenizer, labels.json; also renamed into place), output.log (what the process printed after its terminal went away),
+control.json (a pause/resume/stop request waiting for the runner; see core.control), viewers/ (one empty file per app
+attached to the run from another process, named <host>-<pid>; the run's status shows who is watching).
 """
 from __future__ import annotations
 
@@ -30,6 +31,14 @@ LABELS_FILE = "labels.json"
 LOG_FILE = "output.log"
 CONTROL_FILE = "control.json"
 VIEWERS_DIR = "viewers"
+
+CHECKPOINT_PREFIX = "checkpoint-"
+PARTIAL_CHECKPOINT = ".partial"
+"""checkpoints/.partial/: where a checkpoint is written before it is renamed into place (core.training.checkpoints)."""
+TRAINER_STATE = "trainer_state.json"
+"""Written last into a checkpoint by the Trainer."""
+WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin", "model.safetensors", "pytorch_model.bin")
+WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
@@ -167,20 +176,64 @@ def _pid_alive(pid: int) -> bool:
 
 
 def checkpoints(run_dir: str | Path) -> list[Path]:
-    """Complete checkpoints (those with trainer_state.json), oldest first."""
+    """Complete checkpoints (see `checkpoint_problem`), oldest first."""
+    return [p for p in _checkpoint_dirs(run_dir) if checkpoint_problem(p) is None]
+
+
+def incomplete_checkpoints(run_dir: str | Path) -> list[tuple[Path, str]]:
+    """(folder, what is wrong) for each checkpoint-N folder that cannot be resumed from, oldest first."""
+    found = []
+    for path in _checkpoint_dirs(run_dir):
+        problem = checkpoint_problem(path)
+        if problem is not None:
+            found.append((path, problem))
+    return found
+
+
+def checkpoint_problem(path: str | Path) -> str | None:
+    """None for a complete checkpoint; otherwise what is missing, in words.
+
+    Complete: a readable trainer_state.json (the Trainer writes it last) and the model or adapter weights (every
+    shard an index lists). Runs of this version write checkpoints whole (a rename); older ones, or a folder someone
+    emptied, may be torn.
+    """
+    path = Path(path)
+    try:
+        json.loads((path / TRAINER_STATE).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return f"it has no {TRAINER_STATE}"
+    except (OSError, ValueError):
+        return f"its {TRAINER_STATE} is unreadable or cut short"
+    for index in WEIGHT_INDEXES:
+        if (path / index).is_file():
+            try:
+                shards = set(json.loads((path / index).read_text(encoding="utf-8"))["weight_map"].values())
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                return f"its {index} is unreadable"
+            missing = sorted(s for s in shards if not (path / s).is_file())
+            return f"weight shards are missing ({', '.join(missing)})" if missing else None
+    if any((path / name).is_file() for name in WEIGHT_FILES):
+        return None
+    return "it has no model or adapter weights"
+
+
+def _checkpoint_dirs(run_dir: str | Path) -> list[Path]:
     root = Path(run_dir) / CHECKPOINTS
     found = []
     if root.is_dir():
         for child in root.iterdir():
             m = _CHECKPOINT.match(child.name)
-            if m and (child / "trainer_state.json").is_file():
+            if m and child.is_dir():
                 found.append((int(m.group(1)), child))
     return [p for _, p in sorted(found)]
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    found = checkpoints(run_dir)
-    return found[-1] if found else None
+    """The newest complete checkpoint (the resume point); torn ones are passed over."""
+    for path in reversed(_checkpoint_dirs(run_dir)):  # newest first: only the one found is read in full
+        if checkpoint_problem(path) is None:
+            return path
+    return None
 
 
 def checkpoint_step(path: str | Path) -> int:
@@ -353,7 +406,7 @@ def _mtime(path: Path) -> float:
 
 
 __all__ = ["RunSummary", "new_run_dir", "list_runs", "summarize", "is_running", "latest_checkpoint", "checkpoints",
-           "checkpoint_step", "load_run_config", "run_id_for", "slug", "write_pid", "clear_pid",
-           "CONFIG_FILE", "EVENTS_FILE", "CHECKPOINTS", "FINAL", "LABELS_FILE", "write_labels", "read_labels",
-           "LOG_FILE", "CONTROL_FILE", "read_pid", "live_runs", "add_viewer", "remove_viewer", "viewers",
-           "VIEWERS_DIR"]
+           "checkpoint_step", "incomplete_checkpoints", "checkpoint_problem", "load_run_config", "run_id_for", "slug",
+           "write_pid", "clear_pid", "CONFIG_FILE", "EVENTS_FILE", "CHECKPOINTS", "FINAL", "LABELS_FILE",
+           "write_labels", "read_labels", "LOG_FILE", "CONTROL_FILE", "read_pid", "live_runs", "CHECKPOINT_PREFIX",
+           "PARTIAL_CHECKPOINT", "add_viewer", "remove_viewer", "viewers", "VIEWERS_DIR"]

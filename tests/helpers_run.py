@@ -101,6 +101,7 @@ def write_run(output_dir: Path, run_id: str, events: Iterable[Event], config: cf
         ckpt = run_dir / "checkpoints" / f"checkpoint-{checkpoint_step}"
         ckpt.mkdir(parents=True)
         (ckpt / "trainer_state.json").write_text("{}")
+        (ckpt / "adapter_model.safetensors").write_bytes(b"")  # a checkpoint without weights is not one (rundir)
     if final:
         (run_dir / "final").mkdir()
     return run_dir

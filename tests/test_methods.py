@@ -1,4 +1,5 @@
-"""What each method makes trainable: LoRA targets found from the model, freeze picks blocks, QLoRA is 4-bit."""
+"""What each method makes trainable: LoRA targets found from the model, freeze picks blocks, QLoRA is 4-bit (a new
+classification head excepted)."""
 from __future__ import annotations
 
 import pytest
@@ -71,3 +72,44 @@ def test_lora_target_modules_that_do_not_exist_are_named(demo_model_dir):
     with pytest.raises(TuneError, match="query_key_value") as info:
         apply_method(model, method, "sft")
     assert "v_proj" in info.value.fix
+
+
+@pytest.mark.parametrize("arch,bits", [("bert", 4), ("bert", 8), ("llama", 4)])
+def test_qlora_classification_keeps_the_new_head_in_full_precision_and_trains(arch, bits, tiny_bert_dir,
+                                                                             demo_model_dir):
+    import torch
+    from bitsandbytes.nn import Linear4bit, Linear8bitLt
+    from transformers import AutoTokenizer
+
+    from core.config import QuantSpec
+
+    quantized = Linear4bit if bits == 4 else Linear8bitLt
+    folder = tiny_bert_dir if arch == "bert" else demo_model_dir
+    head = "classifier" if arch == "bert" else "score"
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    method = MethodSpec(kind="qlora", quant=QuantSpec(bits=bits))
+    model = load_model(ModelSpec(str(folder)), method, "classification", 2, "cpu", label_names=["neg", "pos"],
+                       pad_token_id=tokenizer.pad_token_id)
+    assert type(getattr(model, head)) is torch.nn.Linear  # not quantized ...
+    assert sum(isinstance(m, quantized) for m in model.modules()) >= 8  # ... while the blocks are
+    model, report = apply_method(model, method, "classification")
+    assert f"head: {head}" in report.trainable_modules
+
+    # Training steps (the first one used to fail inside bitsandbytes) move the head and lower the loss.
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-2)
+    batch = tokenizer(["the movie was very good", "the food was very awful"] * 2, return_tensors="pt", padding=True)
+    labels = torch.tensor([1, 0, 1, 0])
+    saved_head = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad and head in n}
+    model.train()
+    losses = []
+    for _ in range(8):
+        loss = model(**batch, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0], losses
+    assert saved_head and all(not torch.equal(p, saved_head[n]) for n, p in model.named_parameters() if n in saved_head)

@@ -299,7 +299,7 @@ class TrainingSession:
                 self._notify(f"Run finished at step {event.step}.{where}", "Run finished")
         elif isinstance(event, RunFailed):
             title = {"out_of_memory": "Out of GPU memory", "user_error": "Run cannot start",
-                     "diverged": "Training diverged"}.get(
+                     "diverged": "Training diverged", "disk_full": "Disk full"}.get(
                 event.kind, "Run failed")
             self._notify(event.message, title, severity="error", timeout=30)
         elif bad_before is None and state.first_nonfinite_step is not None:

@@ -87,6 +87,10 @@ def _adapter_dir(run_dir: Path, checkpoint) -> Path:
         if not (adapter / "adapter_config.json").is_file():
             raise TuneError(f"{adapter} holds no LoRA adapter (no adapter_config.json)", "--checkpoint",
                             "Pass a checkpoints/checkpoint-N folder of this run")
+        if not any((adapter / name).is_file() for name in ("adapter_model.safetensors", "adapter_model.bin")):
+            latest = rundir.latest_checkpoint(run_dir)
+            raise TuneError(f"{adapter} has no adapter weights: it was cut short while saving", "--checkpoint",
+                            f"Merge a complete checkpoint{f' such as {latest}' if latest else ''}, or final/")
         return adapter
     final = run_dir / rundir.FINAL
     if (final / "adapter_config.json").is_file():

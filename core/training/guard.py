@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from transformers import Trainer
+from core.training.checkpoints import AtomicCheckpointTrainer
 
 
 class Diverged(Exception):
@@ -20,8 +20,9 @@ class Diverged(Exception):
         super().__init__(f"{what} is {value} at step {step}")
 
 
-class GuardedTrainer(Trainer):
-    """The Trainer, checking each optimizer step's loss and gradient norm just before `optimizer.step()`.
+class GuardedTrainer(AtomicCheckpointTrainer):
+    """The Trainer (writing whole checkpoints: core.training.checkpoints), checking each optimizer step's loss and
+    gradient norm just before `optimizer.step()`.
 
     The Trainer's own `logging_nan_inf_filter` hides a NaN loss (it logs the running mean instead, so a dead run
     reads `loss 0.0`) and still applies the NaN step to the weights. Checking here is the last moment the weights

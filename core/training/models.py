@@ -277,12 +277,14 @@ def load_model(spec: ModelSpec, method: MethodSpec, task: str, num_labels: int |
         check_bitsandbytes(device, method.quant.bits)
         q = method.quant
         compute = resolve_dtype(q.compute_dtype, device)
+        # None: transformers' own choice (it keeps lm_head out); a classifier's new head must stay out too.
+        skip = _new_head_skips(auto, config, spec.trust_remote_code) if task == "classification" else None
         if q.bits == 4:
             kwargs["quantization_config"] = BitsAndBytesConfig(
                 load_in_4bit=True, bnb_4bit_quant_type=q.type, bnb_4bit_use_double_quant=q.double_quant,
-                bnb_4bit_compute_dtype=compute)
+                bnb_4bit_compute_dtype=compute, llm_int8_skip_modules=skip)
         else:
-            kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+            kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
         kwargs["dtype"] = compute
         kwargs["device_map"] = {"": _placement(device)}  # bnb quantizes while loading onto this device
     else:
@@ -316,6 +318,38 @@ def load_model(spec: ModelSpec, method: MethodSpec, task: str, num_labels: int |
     if quantize and not str(device).startswith("cuda"):
         disable_cpu_4bit_fast_path(model)
     return model
+
+
+def _new_head_skips(auto, config, trust_remote_code: bool) -> list[str] | None:
+    """Modules a quantized classifier must keep in full precision: transformers' defaults plus the task head.
+
+    transformers keeps out of quantization the output embeddings, tied weights and the module of the *last*
+    parameter; that catches Llama's `score` (no bias) but not BERT's `classifier`, whose last parameter is its bias.
+    Quantized, the freshly initialised head cannot train: PEFT's modules_to_save copy of a Linear4bit fails in
+    bitsandbytes (`fix_4bit_weight_quant_state_from_module`) at the first step. The head is found the way the LoRA
+    method finds what to save (core.training.methods.head_names), on a weightless (meta device) copy of the model.
+    Setting llm_int8_skip_modules replaces the defaults (it applies to 4-bit as well), so they are added back.
+    """
+    import torch
+
+    from core.training.methods import head_names
+
+    try:
+        with torch.device("meta"):
+            skeleton = auto.from_config(config, trust_remote_code=trust_remote_code)
+    except Exception as exc:  # some remote-code models cannot be built weightless: say so, keep the defaults
+        log.warning("Cannot tell which modules of %s form its classification head (%s); transformers picks what "
+                    "stays unquantized", config.model_type, _first_line(exc))
+        return None
+    skips = set(head_names(skeleton))
+    try:
+        from transformers.quantizers.base import get_keys_to_not_convert
+    except ImportError:  # an internal helper: without it, the output embeddings are the default that matters
+        out = skeleton.get_output_embeddings()
+        skips.update(name for name, module in skeleton.named_modules() if out is not None and module is out)
+    else:
+        skips.update(get_keys_to_not_convert(skeleton))
+    return sorted(skips)
 
 
 def _placement(device: str):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import os
 import shutil
 import sys
 import threading
@@ -198,6 +199,8 @@ class _Session:
                 raise TuneError(f"The run in {self.run_dir} used another model or method than this config",
                                 "--resume", "Resume with the run's own config (leave out CONFIG), or start a new run")
             checkpoint = rundir.latest_checkpoint(self.run_dir)
+            torn = [(path, why) for path, why in rundir.incomplete_checkpoints(self.run_dir)
+                    if checkpoint is None or rundir.checkpoint_step(path) > rundir.checkpoint_step(checkpoint)]
             if checkpoint is None:
                 raise TuneError(f"The run in {self.run_dir} has no checkpoint to resume from", "--resume",
                                 "Start it again as a new run (checkpoints are written every train.save_steps "
@@ -213,6 +216,11 @@ class _Session:
         self.channel = ControlChannel(self.run_dir, self.control).start()
         self.emit(RunStarted(run_id=self.run_dir.name, run_dir=str(self.run_dir), config=cfg.to_dict(config),
                              resumed_from=str(checkpoint) if checkpoint else None))
+        if resume_from is not None:
+            for path, why in torn:
+                # Left (by an older version, or by hand) where a save was cut short: never loaded, left for the user.
+                log.warning("Skipping %s: %s, so it is not a complete checkpoint. Resuming from %s instead.",
+                            path.name, why, checkpoint.name)
         self._preflight()
         return checkpoint
 
@@ -332,15 +340,30 @@ class _Session:
         return self._finish(stopped=False, final_dir=final_dir, train_loss=result.training_loss)
 
     def _save_final(self, trainer, tokenizer, prepared) -> Path:
+        from core.training.checkpoints import DiskFull, free_bytes, is_disk_full
+
         final = self.run_dir / rundir.FINAL
+        # Written beside final/ and renamed into place: a kill or a full disk never leaves half a final/.
         tmp = self.run_dir / ".final-tmp"
+        old = self.run_dir / ".final-old"
         shutil.rmtree(tmp, ignore_errors=True)
-        trainer.save_model(str(tmp))  # adapter for LoRA/QLoRA, full weights (safetensors) otherwise
-        tokenizer.save_pretrained(str(tmp))
-        if prepared.task == "classification":
-            rundir.write_labels(tmp, list(prepared.label_names))
-        shutil.rmtree(final, ignore_errors=True)  # a resumed run replaces the previous final/
+        shutil.rmtree(old, ignore_errors=True)
+        try:
+            trainer.save_model(str(tmp))  # adapter for LoRA/QLoRA, full weights (safetensors) otherwise
+            tokenizer.save_pretrained(str(tmp))
+            if prepared.task == "classification":
+                rundir.write_labels(tmp, list(prepared.label_names))
+        except Exception as exc:
+            full, free = is_disk_full(exc, self.run_dir), free_bytes(self.run_dir)  # before the cleanup frees space
+            shutil.rmtree(tmp, ignore_errors=True)
+            if full:
+                raise DiskFull(final, "the final model", free, exc) from exc
+            raise
+        rundir.apply_umask(tmp)  # safetensors writes 0600 whatever the umask: others on the box may load it
+        if final.exists():  # a resumed run replaces the previous final/: swap, then drop the old one
+            final.rename(old)
         tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
         # The Trainer's own line names the temporary folder; say where the result is.
         log.info("Saved the final %s to %s", "adapter" if self.config.method.kind in ("lora", "qlora") else "model",
                  final)
@@ -372,9 +395,12 @@ class _Session:
         return RunOutcome("failed", self.run_dir, None, self._step_now() or 0, event)
 
     def _fail_known(self, exc: Exception) -> RunOutcome | None:
-        """A run that failed for a reason it can name (diverged); None for anything else."""
+        """A run that failed for a reason it can name (diverged, disk full); None for anything else."""
+        from core.training.checkpoints import DiskFull, is_disk_full
         from core.training.guard import Diverged, divergence_advice
 
+        if isinstance(exc, DiskFull) or (self.run_dir is not None and is_disk_full(exc, self.run_dir)):
+            return self._fail_disk_full(exc)
         if not isinstance(exc, Diverged):
             return None
         step = exc.step  # the step that diverged (it was not applied), as the message says
@@ -382,6 +408,31 @@ class _Session:
                                     rundir.latest_checkpoint(self.run_dir) if self.run_dir else None)
         event = RunFailed(message=message, kind="diverged", run_dir=str(self.run_dir) if self.run_dir else None,
                           step=step)
+        self.emit(event)
+        return RunOutcome("failed", self.run_dir, None, step or 0, event)
+
+    def _fail_disk_full(self, exc: Exception) -> RunOutcome:
+        from core.training.checkpoints import DiskFull, exception_chain, format_bytes, free_bytes
+
+        if isinstance(exc, DiskFull):
+            what, folder, free = exc.what, exc.folder, exc.free_bytes
+        else:  # outside a save (config.yaml, the datasets cache ...): the file's own folder when the error names it
+            named = next((e.filename for e in exception_chain(exc) if isinstance(e, OSError) and e.filename), None)
+            folder = Path(os.fsdecode(named)).parent if named else self.run_dir
+            what, free = "files", free_bytes(folder)
+        step = self._step_now()
+        latest = rundir.latest_checkpoint(self.run_dir)
+        kept = (f"The newest complete checkpoint, {latest.name}, is intact" if latest is not None
+                else "No checkpoint had been written yet")
+        # A save that failed removed what it had written (core.training.checkpoints; _save_final).
+        kept += "; nothing half-written was kept. " if isinstance(exc, DiskFull) else ". "
+        again = (f"then continue with `tunetui train --resume {self.run_dir}`" if latest is not None
+                 else f"then start it again with `tunetui train {self.run_dir / rundir.CONFIG_FILE}`")
+        message = (f"The disk is full: writing {what} to {folder} failed ({format_bytes(free)} free there"
+                   f"{f', at step {step}' if step else ''}). {kept}Free some space on that disk (the checkpoints/ "
+                   f"folders of runs you will not resume can go), or keep fewer checkpoints "
+                   f"(--set train.save_total_limit=1), {again}.")
+        event = RunFailed(message=message, kind="disk_full", run_dir=str(self.run_dir), step=step)
         self.emit(event)
         return RunOutcome("failed", self.run_dir, None, step or 0, event)
 
