@@ -206,8 +206,10 @@ class RunState:
             if value is not None or name == "eta_seconds":
                 setattr(self, name, value)
         self.elapsed_seconds = event.elapsed_seconds
-        if event.gpu_memory_gib is not None:
-            self.peak_gpu_memory_gib = max(self.peak_gpu_memory_gib or 0.0, event.gpu_memory_gib)
+        # The step window's peak (activations included) where the engine reports it; older logs: the step's end.
+        peak = event.peak_allocated_gib if event.peak_allocated_gib is not None else event.gpu_memory_gib
+        if peak is not None:
+            self.peak_gpu_memory_gib = max(self.peak_gpu_memory_gib or 0.0, peak)
 
 
 def _checkpoint_step(path: str) -> int | None:
