@@ -510,3 +510,30 @@ def test_a_torch_build_without_the_cards_architecture_is_named(card, arch_list, 
     if missing:
         assert f"sm_{card.capability[0]}{card.capability[1]}" in message and card.name in message
         assert "Install a torch wheel" in message
+
+
+def test_merging_on_a_gpu_that_runs_out_of_memory_says_so_without_a_traceback(tmp_path, small_config, fake_cuda,
+                                                                             monkeypatch, demo_model_dir):
+    import torch
+
+    from core import config as cfg
+    from core import rundir
+    from core.training import models
+    from core.training.export import merge_run
+
+    run_dir = tmp_path / "run"
+    (run_dir / rundir.FINAL).mkdir(parents=True)
+    cfg.save(small_config(tmp_path, method={"kind": "qlora"}), run_dir / rundir.CONFIG_FILE)
+    (run_dir / rundir.FINAL / "adapter_config.json").write_text("{}")
+    import peft  # noqa: F401 - imported for real first: bitsandbytes sets up its CUDA backend when torch has CUDA
+
+    fake_cuda(T4)
+    monkeypatch.setattr(models, "resolve_model_dir", lambda spec: demo_model_dir)
+
+    def too_big(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 500.00 MiB")
+
+    monkeypatch.setattr(models, "load_model", too_big)
+    with pytest.raises(TuneError) as err:
+        merge_run(run_dir, tmp_path / "merged", device="cuda")
+    assert "Out of GPU memory while merging" in err.value.message and "--device cpu" in err.value.fix

@@ -178,11 +178,15 @@ class _Session:
             raise TuneError(problem, "train.device", "Install a matching torch build, or use train.device: cpu")
         choice = gpu.decide_precision(config.train.precision, device, card)
         precision = self.precision = choice.precision
-        log.info("%s", choice.reason)
+        if card is not None:
+            import torch
+
+            torch.cuda.reset_peak_memory_stats()  # an out-of-memory report measures this run, not earlier ones
         if config.method.kind == "qlora":
             check_bitsandbytes(device, config.method.quant.bits)  # fail before any work, and say why
 
         checkpoint = self._open_run_dir(resume_from)
+        log.info("%s", choice.reason)  # after RunStarted: in events.jsonl too
         try:
             prepared, tokenizer, model, model_dir = self._prepare(config, device, data_mod)
         except _StopRequested:
