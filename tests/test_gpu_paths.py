@@ -305,7 +305,7 @@ def _fake_nvml(monkeypatch, *, init_error=None):
     assert pynvml is not fake
 
 
-def test_a_mig_slice_in_cuda_visible_devices_is_the_gpu_a_run_uses(monkeypatch):
+def test_a_mig_slice_in_cuda_visible_devices_is_the_gpu_a_run_uses(monkeypatch, small_config, tmp_path):
     _fake_nvml(monkeypatch)
     snap = SystemSampler(env={"CUDA_VISIBLE_DEVICES": "MIG-bbbb0000-2222"}).sample()
     assert snap.gpu_status == "ok"
@@ -314,9 +314,8 @@ def test_a_mig_slice_in_cuda_visible_devices_is_the_gpu_a_run_uses(monkeypatch):
     assert slice_.memory_total_gib == 10.0 and snap.free_gib() == 9.0  # the slice's memory, not the card's
 
     from core.resources.preflight import preflight
-    from tests.conftest import _run_config
 
-    check = preflight(_run_config("/tmp/unused", train={"device": "auto"}), snap)
+    check = preflight(small_config(tmp_path, train={"device": "auto"}), snap)
     assert check.free_gib == 9.0
 
 
@@ -537,3 +536,10 @@ def test_merging_on_a_gpu_that_runs_out_of_memory_says_so_without_a_traceback(tm
     with pytest.raises(TuneError) as err:
         merge_run(run_dir, tmp_path / "merged", device="cuda")
     assert "Out of GPU memory while merging" in err.value.message and "--device cpu" in err.value.fix
+
+
+def test_the_log_names_the_gpu_of_a_mig_slice(monkeypatch):
+    _fake_nvml(monkeypatch)
+    snap = SystemSampler(env={}).sample()
+    text = gpu.describe_device(0, A100, "MIG-bbbb0000-2222", snap.gpus, 1, snap.migs)
+    assert text.startswith("Training on GPU 0 (") and "stay idle" not in text

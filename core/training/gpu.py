@@ -156,22 +156,24 @@ def one_device_per_process(args) -> None:
         args._n_gpu = 1
 
 
-def nvidia_smi_index(logical: int, cuda_visible: str | None, gpus) -> int | None:
-    """The index nvidia-smi shows for CUDA device `logical`, given CUDA_VISIBLE_DEVICES and the NVML GPUs.
+def nvidia_smi_index(logical: int, cuda_visible: str | None, gpus, migs=()) -> int | None:
+    """The index nvidia-smi shows for CUDA device `logical`, given CUDA_VISIBLE_DEVICES and the NVML GPUs (and MIG
+    slices: a MIG-… entry is its GPU's index).
 
     core sets CUDA_DEVICE_ORDER=PCI_BUS_ID (core/__init__.py), so CUDA's order is NVML's.
     """
     from core.resources.gpus import visible_devices
 
-    visible = visible_devices(cuda_visible, gpus)
+    visible = visible_devices(cuda_visible, gpus, migs)
     if visible is None:
         return logical if any(g.index == logical for g in gpus) or not gpus else None
     return visible[logical] if logical < len(visible) else None
 
 
-def describe_device(logical: int, card: Card | None, cuda_visible: str | None, gpus, device_count: int) -> str:
+def describe_device(logical: int, card: Card | None, cuda_visible: str | None, gpus, device_count: int,
+                    migs=()) -> str:
     """"Training on GPU 2 (NVIDIA A100-SXM4-80GB, sm80; CUDA device 0 with CUDA_VISIBLE_DEVICES=2,3) ...". """
-    physical = nvidia_smi_index(logical, cuda_visible, gpus)
+    physical = nvidia_smi_index(logical, cuda_visible, gpus, migs)
     name = f"GPU {physical}" if physical is not None else f"CUDA device {logical}"
     details = [f"{card.name}, {card.sm}"] if card else []
     if cuda_visible is not None:
@@ -254,11 +256,10 @@ def is_cuda_oom(exc: BaseException | None) -> bool:
                 return True
         except ImportError:
             pass
-        if isinstance(exc, (RuntimeError, MemoryError, OSError, ValueError, AssertionError)) or \
-                type(exc).__name__.endswith(("Error", "Exception")):
-            text = str(exc)
-            if any(p.search(text) for p in _OOM_PATTERNS) and "DefaultCPUAllocator" not in text:
-                return True
+        # By text, whatever the class: extensions raise RuntimeError, accelerate and bitsandbytes their own.
+        text = str(exc)
+        if any(p.search(text) for p in _OOM_PATTERNS) and "DefaultCPUAllocator" not in text:
+            return True
         exc = exc.__cause__ or exc.__context__
     return False
 

@@ -491,14 +491,16 @@ def _log_device() -> None:
 
         sampler = SystemSampler()
         try:
-            gpus = sampler.sample().gpus
+            snapshot = sampler.sample()
         finally:
             sampler.close()
+        gpus, migs = snapshot.gpus, snapshot.migs
     except Exception:  # noqa: BLE001 - naming the GPU is best effort
-        gpus = ()
+        gpus, migs = (), ()
     logical = torch.cuda.current_device()
     log.info("%s", gpu.describe_device(logical, gpu.current_card(f"cuda:{logical}"),
-                                       os.environ.get("CUDA_VISIBLE_DEVICES"), gpus, torch.cuda.device_count()))
+                                       os.environ.get("CUDA_VISIBLE_DEVICES"), gpus, torch.cuda.device_count(),
+                                       migs))
 
 
 def training_arguments(config: RunConfig, run_dir: Path, device: str, precision: str, *, has_val: bool):
