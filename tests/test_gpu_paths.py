@@ -193,6 +193,26 @@ def test_a_run_in_fp16_loads_half_weights_and_trains_fp32_ones(kind, frozen, tmp
     assert ready.dtype == (frozen or "float32")
 
 
+def test_the_memory_check_counts_a_t4_run_in_fp16_not_bf16(tmp_path):
+    from dataclasses import replace
+
+    from core.config import RunConfig, with_overrides
+    from core.resources.preflight import preflight
+
+    (tmp_path / "config.json").write_text(json.dumps(LLAMA_1B))
+    config = with_overrides(RunConfig(), [f"model.name_or_path={tmp_path}", "method.kind=full",
+                                          "data.max_length=512", "train.gradient_checkpointing=true"])
+
+    def card(capability):
+        snap = fake_snapshot([80])
+        return replace(snap, gpus=(replace(snap.gpus[0], compute_capability=capability),))
+
+    on_t4, on_a100 = preflight(config, card((7, 5))), preflight(config, card((8, 0)))
+    pinned = preflight(with_overrides(config, ["train.precision=fp16"]), card((8, 0)))
+    # Full on a T4 trains fp32 weights under fp16 AMP: far more than the bf16 weights an A100 holds.
+    assert on_t4.estimate_gib == pytest.approx(pinned.estimate_gib) and on_t4.estimate_gib > on_a100.estimate_gib
+
+
 # ---------------------------------------------------------------- 4. peak memory
 
 def test_step_events_carry_the_step_window_peak_and_reserved_memory(fake_cuda, monkeypatch):
@@ -300,6 +320,7 @@ def _fake_nvml(monkeypatch, *, init_error=None):
         nvmlDeviceGetComputeRunningProcesses=lambda h: [], nvmlDeviceGetGraphicsRunningProcesses=lambda h: [],
         nvmlDeviceGetMigMode=lambda h: [1, 1] if h == ("gpu", 0) else [0, 0],
         nvmlDeviceGetMaxMigDeviceCount=lambda h: 7, nvmlDeviceGetMigDeviceHandleByIndex=mig_handle,
+        nvmlDeviceGetCudaComputeCapability=lambda h: (8, 0),
     )
     monkeypatch.setitem(sys.modules, "pynvml", fake)
     assert pynvml is not fake
@@ -312,6 +333,7 @@ def test_a_mig_slice_in_cuda_visible_devices_is_the_gpu_a_run_uses(monkeypatch, 
     [slice_] = snap.run_gpus()
     assert slice_.uuid == "MIG-bbbb0000-2222" and slice_.index == 0 and slice_.mig_index == 2
     assert slice_.memory_total_gib == 10.0 and snap.free_gib() == 9.0  # the slice's memory, not the card's
+    assert slice_.compute_capability == (8, 0)  # its GPU's
 
     from core.resources.preflight import preflight
 

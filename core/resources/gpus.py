@@ -42,6 +42,8 @@ class GpuSample:
     """`GPU-…` (`MIG-…` for a MIG slice), for matching UUIDs in CUDA_VISIBLE_DEVICES."""
     mig_index: int | None = None
     """A MIG slice of GPU `index`: its NVML MIG device index (None: a whole GPU)."""
+    compute_capability: tuple[int, int] | None = None
+    """CUDA compute capability, e.g. (7, 5) for a T4: bf16 is native from (8, 0). None where NVML does not say."""
 
 
 @dataclass(frozen=True)
@@ -262,7 +264,8 @@ class SystemSampler:
                          memory_total_gib=_gib(getattr(mem, "total", None)),
                          memory_used_gib=_gib(getattr(mem, "used", None)),
                          memory_free_gib=_gib(getattr(mem, "free", None)),
-                         utilization_pct=None, temperature_c=None, power_w=None, power_limit_w=None)
+                         utilization_pct=None, temperature_c=None, power_w=None, power_limit_w=None,
+                         compute_capability=self._static.get(("cc", index)))
 
     def _gpu(self, index: int, handle: Any) -> GpuSample:
         nv = self._nvml
@@ -274,6 +277,8 @@ class SystemSampler:
             name = self._field(nv.nvmlDeviceGetName, handle)
             uuid = self._field(nv.nvmlDeviceGetUUID, handle)
             self._static[index] = (_text(name) or f"GPU {index}", _text(uuid))
+            capability = self._field(getattr(nv, "nvmlDeviceGetCudaComputeCapability", None), handle)
+            self._static[("cc", index)] = tuple(capability) if capability else None
         name, uuid = self._static[index]
         mem = self._field(nv.nvmlDeviceGetMemoryInfo, handle)
         util = self._field(nv.nvmlDeviceGetUtilizationRates, handle)
@@ -289,7 +294,7 @@ class SystemSampler:
             temperature_c=_float(temp),
             power_w=None if power is None else power / 1000.0,
             power_limit_w=None if limit is None else limit / 1000.0,
-            processes=self._processes(handle),
+            processes=self._processes(handle), compute_capability=self._static.get(("cc", index)),
         )
 
     def _processes(self, handle: Any) -> tuple[GpuProcess, ...]:

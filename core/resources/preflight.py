@@ -34,9 +34,14 @@ def _sample() -> Snapshot:
         sampler.close()
 
 
-def _estimate(config) -> tuple[ModelShape, EstimateSettings, Estimate]:
+def _estimate(config, gpu: GpuSample | None = None) -> tuple[ModelShape, EstimateSettings, Estimate]:
     shape = load_shape(config.model.name_or_path, config.model.trust_remote_code, allow_transformers=True)
     settings = EstimateSettings.from_config(config)
+    if config.train.precision == "auto" and gpu is not None and gpu.compute_capability is not None:
+        from core.training.gpu import NATIVE_BF16_CAPABILITY
+
+        if tuple(gpu.compute_capability) < NATIVE_BF16_CAPABILITY:  # the runner trains these cards in fp16
+            settings = settings.with_(precision="fp16")
     return shape, settings, estimate(shape, settings)
 
 
@@ -107,7 +112,7 @@ def preflight(config, snapshot: Snapshot | None = None) -> Preflight:
     gpus = snapshot.run_gpus()
     free = gpus[0].memory_free_gib if gpus else None
     try:
-        shape, settings, est = _estimate(config)
+        shape, settings, est = _estimate(config, gpus[0] if gpus else None)
     except TuneError as exc:
         return Preflight(None, free, None, f"Could not estimate this run's GPU memory: {exc}")
     peak = est.peak_gib
@@ -140,16 +145,16 @@ def oom_advice(config, snapshot: Snapshot | None = None, *, measured_gib: float 
     that failed. The run needed at least their sum: where that exceeds the estimate, the estimate was wrong by that
     factor, and the cheaper configurations are judged by estimates scaled up by it.
     """
-    try:
-        shape, settings, est = _estimate(config)
-    except TuneError as exc:
-        return f"Out of memory on the GPU. (No estimate to suggest a cheaper configuration: {exc})"
     if snapshot is None:
         try:
             snapshot = _sample()
         except Exception:  # noqa: BLE001 - advice must never fail the failure report
             snapshot = None
     gpus = snapshot.run_gpus() if snapshot is not None else ()
+    try:
+        shape, settings, est = _estimate(config, gpus[0] if gpus else None)
+    except TuneError as exc:
+        return f"Out of memory on the GPU. (No estimate to suggest a cheaper configuration: {exc})"
     needed = (measured_gib or 0.0) + (tried_gib or 0.0)
     if measured_gib:
         text = f"Out of memory on the GPU: the run had {measured_gib:.1f} GiB allocated when it failed"

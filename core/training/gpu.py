@@ -312,8 +312,10 @@ def free_paged_buffers() -> tuple[int, float]:
     append it to `GlobalPageManager.get_instance().paged_tensors`, a list bitsandbytes never empties: in the app's
     long-lived process every run added its whole optimizer state to it, and `prefetch_all` would page all of them
     back onto the GPU. Emptying it at a run's end is the clean-up bitsandbytes offers. It has no call that frees
-    the managed memory itself (no cudaFree in its library), so that stays mapped until the process exits; being
-    unified memory, the driver pages it out to host RAM when a later run needs the GPU memory.
+    the managed memory itself (its library exports no free for `cget_managed_ptr`), so that stays mapped until the
+    process exits: unified memory, which the driver can page out to host RAM, but still held. Freeing it by hand
+    (cudaFree through ctypes) was left out: untestable without a GPU, and a use-after-free if anything still holds
+    a view.
     """
     import sys
 

@@ -605,8 +605,8 @@ def _free_paged_buffers() -> None:
         return
     if count:
         log.info("Dropped %d paged optimizer buffers (%.2f GiB) from bitsandbytes' page manager; bitsandbytes "
-                 "cannot free their unified memory before this process exits (the driver pages it out to host RAM "
-                 "when a later run needs the GPU)", count, gib)
+                 "cannot free their unified memory before this process exits (a later run in this app shares the "
+                 "GPU with it; restart the app, or use train.optim: adamw8bit, to avoid that)", count, gib)
 
 
 # ---------------------------------------------------------------- logging
