@@ -28,7 +28,9 @@ T4, V100, A100, H100 = (gpu.Card("Tesla T4", (7, 5)), gpu.Card("Tesla V100-SXM2-
 @pytest.fixture
 def fake_cuda(monkeypatch):
     """torch.cuda that says: `count` GPUs of the given card are here (nothing runs on them)."""
+    import peft  # noqa: F401 - imported for real first: bitsandbytes sets up its CUDA backend when torch has CUDA
     import torch
+    from transformers import Trainer  # noqa: F401 - likewise (it imports peft and bitsandbytes)
 
     def install(card=T4, count=1):
         monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -546,8 +548,6 @@ def test_merging_on_a_gpu_that_runs_out_of_memory_says_so_without_a_traceback(tm
     (run_dir / rundir.FINAL).mkdir(parents=True)
     cfg.save(small_config(tmp_path, method={"kind": "qlora"}), run_dir / rundir.CONFIG_FILE)
     (run_dir / rundir.FINAL / "adapter_config.json").write_text("{}")
-    import peft  # noqa: F401 - imported for real first: bitsandbytes sets up its CUDA backend when torch has CUDA
-
     fake_cuda(T4)
     monkeypatch.setattr(models, "resolve_model_dir", lambda spec: demo_model_dir)
 
@@ -565,3 +565,48 @@ def test_the_log_names_the_gpu_of_a_mig_slice(monkeypatch):
     snap = SystemSampler(env={}).sample()
     text = gpu.describe_device(0, A100, "MIG-bbbb0000-2222", snap.gpus, 1, snap.migs)
     assert text.startswith("Training on GPU 0 (") and "stay idle" not in text
+
+
+def test_a_cublas_allocation_failure_is_reported_as_out_of_memory_with_the_measured_peak(tmp_path, small_config,
+                                                                                      fake_cuda, monkeypatch):
+    import torch
+
+    from core.control import RunControl
+    from core.training.runner import _Session
+    from tui.session import RunState
+
+    fake_cuda(T4)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: 13 * GIB)
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 14 * GIB)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    events = []
+    session = _Session(small_config(tmp_path, train={"device": "auto"}), events.append, RunControl(), False)
+    try:
+        raise RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`")
+    except RuntimeError as exc:
+        outcome = session._fail(exc)
+    failed = outcome.event
+    assert failed.kind == "out_of_memory" and failed.peak_gpu_memory_gib == 13.0 and failed.reserved_gib == 14.0
+    assert "had 13.0 GiB allocated when it failed" in failed.message and "x too low" in failed.message
+    state = RunState()
+    state.fold(failed)
+    assert state.peak_gpu_memory_gib == 13.0
+
+
+def test_a_run_that_ends_empties_bitsandbytes_page_manager(tmp_path, small_config):
+    import bitsandbytes.functional as bnbf
+    import torch
+
+    from core.control import RunControl
+    from core.training.runner import _Session, _forward_logs
+
+    manager = bnbf.GlobalPageManager.get_instance()
+    manager.paged_tensors.append(torch.zeros(256))
+    events = []
+    session = _Session(small_config(tmp_path), events.append, RunControl(), False)
+    session.run_dir = tmp_path
+    with _forward_logs(events.append):
+        session._finish(stopped=False, final_dir=None)
+    assert manager.paged_tensors == []
+    assert any(isinstance(e, LogLine) and e.message.startswith("Dropped 1 paged optimizer buffers") for e in events)

@@ -173,6 +173,8 @@ class RunState:
             self.status = "failed"
             self.error, self.error_kind, self.traceback = event.message, event.kind, event.traceback
             self.run_dir = event.run_dir or self.run_dir
+            if event.peak_gpu_memory_gib is not None:  # out of memory: what the run had when it failed
+                self.peak_gpu_memory_gib = max(self.peak_gpu_memory_gib or 0.0, event.peak_gpu_memory_gib)
             if event.step is not None:
                 self.step = max(self.step, event.step)
             self.eta_seconds = None
