@@ -42,12 +42,16 @@ class Card:
 
 
 def current_card(device: str = "cuda") -> Card | None:
-    """The card this process trains on (torch's current device); None on the CPU."""
+    """The card this process trains on (LOCAL_RANK's under torchrun, else torch's current device, as the model is
+    placed: core.training.models._placement); None on the CPU."""
     if not device.startswith("cuda"):
         return None
     import torch
 
-    index = torch.cuda.current_device() if device == "cuda" else torch.device(device).index or 0
+    if device == "cuda":
+        index = int(os.environ.get("LOCAL_RANK", torch.cuda.current_device()))
+    else:
+        index = torch.device(device).index or 0
     return Card(str(torch.cuda.get_device_name(index)), tuple(torch.cuda.get_device_capability(index)))
 
 
