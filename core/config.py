@@ -30,7 +30,8 @@ class ModelSpec:
     trust_remote_code: bool = False
     """Run model code shipped with the checkpoint. Off unless you trust its author."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    """Weight dtype for full/freeze/lora. `auto`: bf16 on GPUs that have it, else fp32."""
+    """Weight dtype for full/freeze/lora. `auto` follows train.precision: bf16 → bfloat16, fp32 → float32, fp16 →
+    float16 (float32 for full; trainable weights are always fp32 under fp16)."""
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ class QuantSpec:
     double_quant: bool = True
     """Quantize the quantization constants too (saves ~0.37 bit/param)."""
     compute_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    """dtype of the matmuls. `auto`: bf16 where supported, else fp32."""
+    """dtype of the matmuls. `auto` follows train.precision: bfloat16, float16, or float32 for fp32."""
 
 
 @dataclass(frozen=True)
@@ -122,7 +123,8 @@ class TrainSpec:
     max_grad_norm: float = 1.0
     """Gradient clipping norm; 0 turns clipping off."""
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
-    """Mixed precision. `auto`: bf16 on GPUs that have it, fp16 on older GPUs, fp32 on CPU."""
+    """Mixed precision. `auto`: bf16 on GPUs that have it natively (compute capability 8.0+), fp16 on older GPUs
+    (T4, V100), fp32 on CPU."""
     gradient_checkpointing: bool = False
     """Recompute activations in backward: much less memory, ~30% slower."""
     optim: Literal["adamw", "adamw8bit", "paged_adamw8bit"] = "adamw"

@@ -82,7 +82,13 @@ class StepEnded(Event):
     elapsed_seconds: float = 0.0
     eta_seconds: float | None = None
     gpu_memory_gib: float | None = None
-    """Memory allocated by this process on its GPU (None without CUDA)."""
+    """Memory allocated by this process on its GPU at the step's end (None without CUDA)."""
+    peak_allocated_gib: float | None = None
+    """Peak memory allocated since the previous StepEnded, activations included (None without CUDA, or from an
+    older engine)."""
+    reserved_gib: float | None = None
+    """Memory held by torch's caching allocator at the step's end (what nvidia-smi shows for this process, less
+    the CUDA context)."""
 
 
 @dataclass(frozen=True)
@@ -130,6 +136,8 @@ class RunFinished(Event):
     train_loss: float | None = None
     peak_gpu_memory_gib: float | None = None
     estimated_peak_gib: float | None = None
+    reserved_gib: float | None = None
+    """The most memory torch's caching allocator held at a step's end."""
 
 
 @dataclass(frozen=True)
@@ -142,6 +150,9 @@ class RunFailed(Event):
     run_dir: str | None = None
     step: int | None = None
     traceback: str | None = None
+    peak_gpu_memory_gib: float | None = None
+    """Out of memory: the peak allocated when it failed (what the run really needed, at least)."""
+    reserved_gib: float | None = None
 
 
 EVENT_TYPES: dict[str, type[Event]] = {

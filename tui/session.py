@@ -173,6 +173,8 @@ class RunState:
             self.status = "failed"
             self.error, self.error_kind, self.traceback = event.message, event.kind, event.traceback
             self.run_dir = event.run_dir or self.run_dir
+            if event.peak_gpu_memory_gib is not None:  # out of memory: what the run had when it failed
+                self.peak_gpu_memory_gib = max(self.peak_gpu_memory_gib or 0.0, event.peak_gpu_memory_gib)
             if event.step is not None:
                 self.step = max(self.step, event.step)
             self.eta_seconds = None
@@ -206,8 +208,10 @@ class RunState:
             if value is not None or name == "eta_seconds":
                 setattr(self, name, value)
         self.elapsed_seconds = event.elapsed_seconds
-        if event.gpu_memory_gib is not None:
-            self.peak_gpu_memory_gib = max(self.peak_gpu_memory_gib or 0.0, event.gpu_memory_gib)
+        # The step window's peak (activations included) where the engine reports it; older logs: the step's end.
+        peak = event.peak_allocated_gib if event.peak_allocated_gib is not None else event.gpu_memory_gib
+        if peak is not None:
+            self.peak_gpu_memory_gib = max(self.peak_gpu_memory_gib or 0.0, peak)
 
 
 def _checkpoint_step(path: str) -> int | None:

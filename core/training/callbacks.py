@@ -39,6 +39,8 @@ class EventCallback(TrainerCallback):
         self._tokens_at_mark = 0
         self._pending: dict | None = None
         self._cuda = False
+        self.memory = None
+        """core.training.gpu.PeakMemory on a CUDA run: peaks per step window and for the run."""
         self.last_step = 0
         self.climb = ClimbWatch()
 
@@ -48,6 +50,11 @@ class EventCallback(TrainerCallback):
         import torch
 
         self._cuda = args.device.type == "cuda" and torch.cuda.is_available()
+        if self._cuda:
+            from core.training.gpu import PeakMemory
+
+            self.memory = PeakMemory()
+            self.memory.start()
         self._train_start = self._mark = time.perf_counter()
         self._tokens_at_mark = state.num_input_tokens_seen
 
@@ -97,18 +104,19 @@ class EventCallback(TrainerCallback):
         self.last_step = pending["step"]
         mean = sum(self._durations) / len(self._durations)
         remaining = max(pending["max_steps"] - pending["step"], 0)
-        gpu = None
+        gpu = peak = reserved = None
         if self._cuda:
             import torch
 
             gpu = torch.cuda.memory_allocated() / 2**30
+            peak, reserved = self.memory.read()  # the window's peak holds the activations, freed by now
         self.emit(StepEnded(
             step=pending["step"], max_steps=pending["max_steps"], epoch=pending["epoch"],
             loss=_num(logs.get("loss")), learning_rate=_num(logs.get("learning_rate")),
             grad_norm=_num(logs.get("grad_norm")), tokens_per_second=pending["tokens_per_second"],
             step_seconds=pending["step_seconds"],
             elapsed_seconds=time.perf_counter() - self._train_start - self._paused_total,
-            eta_seconds=mean * remaining, gpu_memory_gib=gpu,
+            eta_seconds=mean * remaining, gpu_memory_gib=gpu, peak_allocated_gib=peak, reserved_gib=reserved,
         ))
 
     def _obey(self, control) -> None:

@@ -44,11 +44,22 @@ def merge_run(run_dir: str | Path, out_dir: str | Path, *, checkpoint: str | Pat
                  else load_tokenizer(config.model, model_dir))
     # The base's own dtype (bf16 for most hub models) unless the run pinned one: QLoRA merges into a full copy.
     dtype = "auto" if config.model.dtype == "auto" else None
-    base = load_model(config.model, config.method, task, len(labels) if labels else None, device,
-                      label_names=labels, pad_token_id=tokenizer.pad_token_id, model_dir=model_dir,
-                      quantize=False, dtype=dtype)
-    say(f"merging the adapter from {adapter}")
-    merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
+    try:
+        base = load_model(config.model, config.method, task, len(labels) if labels else None, device,
+                          label_names=labels, pad_token_id=tokenizer.pad_token_id, model_dir=model_dir,
+                          quantize=False, dtype=dtype)
+        say(f"merging the adapter from {adapter}")
+        merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
+    except Exception as exc:
+        from core.training.gpu import is_cuda_oom
+
+        if not (device.startswith("cuda") and is_cuda_oom(exc)):
+            raise
+        # The merge holds the whole unquantized base model on the GPU (a QLoRA run trained it in 4 bits).
+        raise TuneError(f"Out of GPU memory while merging on {device}: the unquantized base model "
+                        f"{config.model.name_or_path} does not fit in the GPU's free memory", "--device",
+                        "Merge on the CPU (--device cpu, the default; it needs RAM, not GPU memory), or free the "
+                        "GPU first") from None
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = _new_temp_dir(out)

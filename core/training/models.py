@@ -207,14 +207,14 @@ def resolve_device(device: str) -> str:
 
 
 def resolve_dtype(name: str, device: str):
-    """The weight/compute dtype: `auto` is bf16 on GPUs that support it, fp16 on older GPUs, fp32 on CPU."""
-    import torch
+    """The weight/compute dtype: `auto` is bf16 on GPUs that have it natively (sm80+), fp16 on older GPUs, fp32 on
+    CPU. A run decides from its precision instead (core.training.gpu.weight_dtype_name)."""
+    from core.training import gpu
 
     if name == "auto":
-        if device.startswith("cuda"):
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+        precision = gpu.decide_precision("auto", device, gpu.current_card(device)).precision
+        return gpu.torch_dtype(gpu.compute_dtype_name("auto", precision))
+    return gpu.torch_dtype(name)
 
 
 def check_bitsandbytes(device: str, bits: int = 4) -> None:
@@ -234,6 +234,10 @@ def check_bitsandbytes(device: str, bits: int = 4) -> None:
         else:
             bnbf.int8_vectorwise_quant(sample.to(torch.float16))
     except Exception as exc:
+        from core.training.gpu import is_cuda_oom
+
+        if is_cuda_oom(exc):  # a full GPU is not a broken bitsandbytes: the runner reports it as out of memory
+            raise
         raise TuneError(f"bitsandbytes is installed but its {bits}-bit kernels cannot run on {device} "
                         f"({_first_line(exc)})", "method.kind",
                         "Install a bitsandbytes build for this platform, or use method.kind: lora") from None
@@ -276,7 +280,8 @@ def load_model(spec: ModelSpec, method: MethodSpec, task: str, num_labels: int |
 
         check_bitsandbytes(device, method.quant.bits)
         q = method.quant
-        compute = resolve_dtype(q.compute_dtype, device)
+        # A run passes its compute dtype, decided from its precision (core.training.gpu.compute_dtype_name).
+        compute = dtype if dtype is not None and dtype != "auto" else resolve_dtype(q.compute_dtype, device)
         # None: transformers' own choice (it keeps lm_head out); a classifier's new head must stay out too.
         skip = _new_head_skips(auto, config, spec.trust_remote_code) if task == "classification" else None
         if q.bits == 4:

@@ -167,16 +167,27 @@ class _Session:
 
     def _run(self, resume_from) -> RunOutcome:
         from core.training import data as data_mod
+        from core.training import gpu
         from core.training.models import check_bitsandbytes, resolve_device
 
         config = self.config
         cfg.validate(config)
         device = resolve_device(config.train.device)
-        precision = resolve_precision(config.train.precision, device)
+        card = gpu.current_card(device)
+        problem = gpu.missing_arch(card)
+        if problem:  # else the first kernel fails with "no kernel image is available for execution on the device"
+            raise TuneError(problem, "train.device", "Install a matching torch build, or use train.device: cpu")
+        choice = gpu.decide_precision(config.train.precision, device, card)
+        precision = self.precision = choice.precision
+        if card is not None:
+            import torch
+
+            torch.cuda.reset_peak_memory_stats()  # an out-of-memory report measures this run, not earlier ones
         if config.method.kind == "qlora":
             check_bitsandbytes(device, config.method.quant.bits)  # fail before any work, and say why
 
         checkpoint = self._open_run_dir(resume_from)
+        log.info("%s", choice.reason)  # after RunStarted: in events.jsonl too
         try:
             prepared, tokenizer, model, model_dir = self._prepare(config, device, data_mod)
         except _StopRequested:
@@ -224,13 +235,24 @@ class _Session:
         self._preflight()
         return checkpoint
 
-    def _preflight(self) -> None:
+    def _preflight(self, after_download: bool = False, model_dir: Path | None = None) -> None:
         try:
-            from core.resources.preflight import preflight
+            from core.resources.preflight import fetch_hub_config, preflight
         except ImportError:
             return
+        if not after_download:
+            deferred = fetch_hub_config(self.config)
+            if deferred:  # checked again once the model is downloaded (_prepare)
+                self.preflight_deferred = True
+                log.info("Memory preflight deferred: %s", deferred)
+                return
+        config = self.config
+        if model_dir is not None:  # the resolved folder holds config.json: size the model from it
+            from dataclasses import replace
+
+            config = replace(config, model=replace(config.model, name_or_path=str(model_dir)))
         try:
-            result = preflight(self.config)
+            result = preflight(config)
         except Exception as exc:  # an estimate must never stop a run that might work
             log.warning("Memory preflight failed: %s", exc)
             return
@@ -246,8 +268,9 @@ class _Session:
     def _prepare(self, config: RunConfig, device: str, data_mod):
         from transformers import set_seed
 
+        from core.training import gpu
         from core.training.methods import apply_method
-        from core.training.models import load_model, load_tokenizer, resolve_model_dir, resolve_dtype
+        from core.training.models import load_model, load_tokenizer, resolve_model_dir
 
         if not _engine_imported:
             self.emit(PhaseChanged(phase="preparing_data", message="importing torch, datasets and transformers"))
@@ -258,6 +281,9 @@ class _Session:
 
         self.emit(PhaseChanged(phase="loading_model", message=f"resolving {config.model.name_or_path}"))
         model_dir = resolve_model_dir(config.model)
+        if getattr(self, "preflight_deferred", False):  # the model is downloaded now: its config can be read
+            self.preflight_deferred = False
+            self._preflight(after_download=True, model_dir=model_dir)
         tokenizer = load_tokenizer(config.model, model_dir)
 
         self.emit(PhaseChanged(phase="preparing_data", done=0, message="tokenizing"))
@@ -271,12 +297,20 @@ class _Session:
         labels = list(prepared.label_names or []) if prepared.task == "classification" else None
         if labels:  # beside config.yaml, so a checkpoint of a run that never reached final/ can still be merged
             rundir.write_labels(self.run_dir, labels)
+        precision = getattr(self, "precision", "fp32")
+        dtype = gpu.torch_dtype(gpu.compute_dtype_name(config.method.quant.compute_dtype, precision)
+                                if config.method.kind == "qlora"
+                                else gpu.weight_dtype_name(config.model.dtype, config.method.kind, precision))
         model = load_model(config.model, config.method, prepared.task, len(labels) if labels else None, device,
-                           label_names=labels, pad_token_id=tokenizer.pad_token_id, model_dir=model_dir)
+                           label_names=labels, pad_token_id=tokenizer.pad_token_id, model_dir=model_dir,
+                           dtype=dtype)
         model, report = apply_method(model, config.method, prepared.task,
                                      gradient_checkpointing=config.train.gradient_checkpointing)
-        dtype = resolve_dtype(config.method.quant.compute_dtype if config.method.kind == "qlora"
-                              else config.model.dtype, device)
+        if precision == "fp16":
+            upcast = gpu.upcast_trainable(model)
+            if upcast:
+                log.info("fp16 mixed precision: %d trainable tensors held in fp32 (the gradient scaler needs fp32 "
+                         "gradients)", upcast)
         self.emit(ModelReady(trainable_params=report.trainable_params, total_params=report.total_params,
                              trainable_modules=report.trainable_modules, method=config.method.kind, device=device,
                              dtype=str(dtype).removeprefix("torch.")))
@@ -303,9 +337,12 @@ class _Session:
         self.precision = precision
         has_val = prepared.val is not None and len(prepared.val) > 0
         args = training_arguments(config, self.run_dir, device, precision, has_val=has_val)
+        if device.startswith("cuda"):
+            _log_device()
         if checkpoint:
             args.eval_on_start = False  # a resumed run's curve already starts from the base model's loss
         self.callback = EventCallback(self.emit, self.control)
+        self.memory = self.callback.memory
         trainer = GuardedTrainer(
             check_grad_norm=precision != "fp16", model=model, args=args, train_dataset=prepared.train,
             eval_dataset=prepared.val if has_val else None,
@@ -372,14 +409,15 @@ class _Session:
     # ---------------------------------------------------------------- endings
 
     def _finish(self, *, stopped: bool, final_dir: Path | None, train_loss: float | None = None) -> RunOutcome:
-        import torch
+        from core.training import gpu
 
-        peak = None
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            peak = torch.cuda.max_memory_allocated() / 2**30
+        memory = getattr(self, "memory", None)
+        peak = gpu.cuda_peak_gib(memory)
+        _free_paged_buffers()
         event = RunFinished(run_dir=str(self.run_dir), final_dir=str(final_dir) if final_dir else None,
                             step=self.step, max_steps=self.max_steps, stopped=stopped, train_loss=train_loss,
-                            peak_gpu_memory_gib=peak, estimated_peak_gib=self.estimated_peak_gib)
+                            peak_gpu_memory_gib=peak, estimated_peak_gib=self.estimated_peak_gib,
+                            reserved_gib=memory.reserved_gib if memory else None)
         self.emit(event)
         return RunOutcome("stopped" if stopped else "finished", self.run_dir, final_dir, self.step, event)
 
@@ -442,12 +480,14 @@ class _Session:
             return known
         step = self._step_now()
         tb = traceback.format_exc()
+        peak = reserved = None
         if _is_oom(exc):
             kind = "out_of_memory"
+            peak, reserved = _memory_at_failure(getattr(self, "memory", None))
             # The traceback's frames hold the model and activations: drop them so the GPU memory really frees.
             traceback.clear_frames(exc.__traceback__)
             self._release()
-            message = _oom_advice(self.config) or "Out of GPU memory."
+            message = _oom_advice(self.config, peak, exc) or "Out of GPU memory."
             if step:
                 message += f" (It ran out at step {step}.)"
         elif isinstance(exc, KeyboardInterrupt):
@@ -455,8 +495,9 @@ class _Session:
         else:
             kind = "error"
             message = f"{type(exc).__name__}: {exc} (this is a bug; the traceback is in events.jsonl)"
+        _free_paged_buffers()
         event = RunFailed(message=message, kind=kind, run_dir=str(self.run_dir) if self.run_dir else None,
-                          step=step, traceback=tb)
+                          step=step, traceback=tb, peak_gpu_memory_gib=peak, reserved_gib=reserved)
         self.emit(event)
         return RunOutcome("failed", self.run_dir, None, step or 0, event)
 
@@ -481,21 +522,36 @@ class _Session:
 # ---------------------------------------------------------------- trainer set-up
 
 def resolve_precision(precision: str, device: str) -> str:
-    """bf16 | fp16 | fp32 for the Trainer: `auto` is bf16 on GPUs that have it, fp16 on older GPUs, fp32 on CPU."""
+    """bf16 | fp16 | fp32 for the Trainer: `auto` is bf16 on GPUs that have it natively (sm80+), fp16 on older
+    GPUs, fp32 on CPU (core.training.gpu.decide_precision, which also says why)."""
+    from core.training import gpu
+
+    return gpu.decide_precision(precision, device, gpu.current_card(device)).precision
+
+
+def _log_device() -> None:
+    """Name the GPU this run trains on as nvidia-smi numbers it, and say when other visible GPUs stay idle."""
+    import os
+
     import torch
 
-    cuda = device.startswith("cuda")
-    if precision == "auto":
-        if not cuda:
-            return "fp32"
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if precision == "fp16" and not cuda:
-        raise TuneError("train.precision is fp16, which needs a CUDA GPU", "train.precision",
-                        "Use train.precision: auto (fp32 on CPU) or bf16")
-    if precision == "bf16" and cuda and not torch.cuda.is_bf16_supported():
-        raise TuneError("train.precision is bf16 but this GPU has no bf16 support", "train.precision",
-                        "Use train.precision: auto or fp16")
-    return precision
+    from core.training import gpu
+
+    try:
+        from core.resources.gpus import SystemSampler
+
+        sampler = SystemSampler()
+        try:
+            snapshot = sampler.sample()
+        finally:
+            sampler.close()
+        gpus, migs = snapshot.gpus, snapshot.migs
+    except Exception:  # noqa: BLE001 - naming the GPU is best effort
+        gpus, migs = (), ()
+    logical = torch.cuda.current_device()
+    log.info("%s", gpu.describe_device(logical, gpu.current_card(f"cuda:{logical}"),
+                                       os.environ.get("CUDA_VISIBLE_DEVICES"), gpus, torch.cuda.device_count(),
+                                       migs))
 
 
 def training_arguments(config: RunConfig, run_dir: Path, device: str, precision: str, *, has_val: bool):
@@ -505,7 +561,7 @@ def training_arguments(config: RunConfig, run_dir: Path, device: str, precision:
     t = config.train
     evaluate_every = has_val and t.eval_steps > 0
     try:
-        return TrainingArguments(
+        args = TrainingArguments(
             output_dir=str(run_dir / rundir.CHECKPOINTS),
             per_device_train_batch_size=t.batch_size, per_device_eval_batch_size=t.batch_size,
             gradient_accumulation_steps=t.grad_accum,
@@ -538,6 +594,11 @@ def training_arguments(config: RunConfig, run_dir: Path, device: str, precision:
                             "train.scheduler", "Use linear, cosine, constant, constant_with_warmup or "
                             "cosine_with_restarts") from None
         raise
+    if device.startswith("cuda"):
+        from core.training.gpu import one_device_per_process
+
+        one_device_per_process(args)  # never nn.DataParallel over every visible GPU
+    return args
 
 
 def _accuracy(eval_pred) -> dict:
@@ -551,26 +612,52 @@ def _accuracy(eval_pred) -> dict:
 # ---------------------------------------------------------------- failures
 
 def _is_oom(exc: BaseException) -> bool:
+    from core.training.gpu import is_cuda_oom
+
+    return is_cuda_oom(exc)
+
+
+def _memory_at_failure(memory) -> tuple[float | None, float | None]:
+    """(peak allocated, reserved) GiB when an out-of-memory error struck; (None, None) where CUDA cannot say."""
     try:
         import torch
 
-        if isinstance(exc, torch.OutOfMemoryError):
-            return True
-    except ImportError:
-        pass
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower() and "CUDA" in str(exc)
+        from core.training import gpu
+
+        peak = gpu.cuda_peak_gib(memory)
+        reserved = torch.cuda.memory_reserved() / gpu.GIB if peak is not None else None
+        return peak, reserved
+    except Exception:  # noqa: BLE001 - the failure report must not fail
+        return None, None
 
 
-def _oom_advice(config: RunConfig) -> str:
+def _oom_advice(config: RunConfig, peak_gib: float | None = None, exc: BaseException | None = None) -> str:
     try:
         from core.resources.preflight import oom_advice
     except ImportError:
         return ("Out of GPU memory. Try a smaller train.batch_size (raise train.grad_accum to keep the effective "
                 "batch), train.gradient_checkpointing: true, a shorter data.max_length, or method.kind: qlora.")
     try:
-        return oom_advice(config)
+        from core.training.gpu import tried_to_allocate_gib
+
+        tried = tried_to_allocate_gib(exc) if exc is not None else None
+        return oom_advice(config, measured_gib=peak_gib, tried_gib=tried)
     except Exception:  # advice is best effort
         return ""
+
+
+def _free_paged_buffers() -> None:
+    """bitsandbytes keeps paged optimizer buffers in a process-wide list: empty it when a run ends (see gpu.py)."""
+    try:
+        from core.training.gpu import free_paged_buffers
+
+        count, gib = free_paged_buffers()
+    except Exception:  # noqa: BLE001 - cleanup is best effort
+        return
+    if count:
+        log.info("Dropped %d paged optimizer buffers (%.2f GiB) from bitsandbytes' page manager; bitsandbytes "
+                 "cannot free their unified memory before this process exits (a later run in this app shares the "
+                 "GPU with it; restart the app, or use train.optim: adamw8bit, to avoid that)", count, gib)
 
 
 # ---------------------------------------------------------------- logging
