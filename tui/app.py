@@ -419,7 +419,8 @@ def main(config_path: str | None = None, output_dir: str | None = None, attach_d
     if app.detach_run:
         from tui.session import continue_in_background
 
-        safe_print(continue_in_background(app.detach_run), file=sys.stdout)
+        # After a blank line: the terminal's first row may still be redrawn as the UI lets go of it.
+        safe_print("\n" + continue_in_background(app.detach_run), file=sys.stdout)
     elif run_dir and app.session.owns_process and (stopped_here or app._exit_when_stopped):
         safe_print(_stopped_words(run_dir), file=sys.stdout)
     return app.return_code or 0
