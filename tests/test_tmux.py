@@ -184,8 +184,9 @@ def test_detach_closes_the_app_and_the_run_goes_on_in_the_background(tmp_path):
         run_dir = next(p for p in (tmp_path / "runs").iterdir() if p.is_dir())
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:  # the background process takes the run over (its run.pid)
-            pid_file = run_dir / "run.pid"
-            background = json.loads(pid_file.read_text())["pid"] if pid_file.is_file() else None
+            from core import rundir
+
+            background = rundir.read_pid(run_dir)
             if background not in (None, term.pid):
                 break
             time.sleep(0.2)
