@@ -18,7 +18,6 @@ from core.events import EvalEnded, RunFinished
 from tui.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-DEMO = ROOT / "presets" / "demo.yaml"
 TUNETUI = str(Path(sys.executable).with_name("tunetui"))
 GREEDY = ["--temperature", "0", "--max-new-tokens", "24"]
 
@@ -44,12 +43,6 @@ def classifier_run(tmp_path_factory, small_config, sentiment_csv, demo_model_dir
                                data={"path": str(sentiment_csv), "max_samples": None, "val_size": 8,
                                      "max_length": 32},
                                train={"max_steps": 20, "batch_size": 8, "lr": 3e-3}))
-
-
-@pytest.fixture(scope="module")
-def demo_run(tmp_path_factory, demo_model_dir):
-    """presets/demo.yaml, unchanged but for the output folder: the run a new user starts with."""
-    return _train(cfg.load(DEMO, [f"output.dir={tmp_path_factory.mktemp('demo-runs')}"]))
 
 
 def _chat(capsys, *argv: str) -> str:

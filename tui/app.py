@@ -53,6 +53,7 @@ SCREENS: dict[str, tuple[str, str, str]] = {
     "run": ("run", "RunScreen", "Run"),
     "monitor": ("monitor", "MonitorScreen", "Monitor"),
     "runs": ("runs", "RunsScreen", "Runs"),
+    "chat": ("chat", "ChatScreen", "Chat"),
 }
 SETUP_ORDER = ("model", "method", "data", "review")
 """Where Enter leads on the set-up screens."""
@@ -268,6 +269,10 @@ class TuneApp(App):
         if timer is not None:
             timer.stop()
             self._follow_timer = None
+
+    def open_chat(self, target: str) -> None:
+        """Show the Chat screen loading `target` (a run folder, one of its checkpoints, or a model)."""
+        importlib.import_module("tui.screens.chat").open_chat(self, target)
 
     def on_engine_event(self, message: Any) -> None:
         self.session.handle(message.event)
