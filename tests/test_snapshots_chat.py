@@ -81,6 +81,8 @@ def test_chat_screen(snap_compare, monkeypatch, tmp_path, task, size):
         screen.query_one("#chat-prompt").value = "the movie was very good" if task != "sft" else "Who are you?"
         await pilot.press("enter")
         await wait_for(pilot, lambda: not screen.generating and screen.columns["base"].turns, what="the replies")
+        for field in screen.query("Input"):
+            field.cursor_blink = False  # a blinking cursor would be caught on or off depending on the machine's load
         await pilot.pause()
 
     assert snap_compare(app, terminal_size=size, run_before=run_before)
