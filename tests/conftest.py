@@ -162,3 +162,17 @@ def qlora8_run(tmp_path_factory, demo_model_dir):
     config = _run_config(tmp_path_factory.mktemp("qlora8-runs"), method={"kind": "qlora", "quant": {"bits": 8}})
     outcome = run(config, events.append)
     return outcome, events
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory, demo_model_dir):
+    """presets/demo.yaml, unchanged but for the output folder (the run a new user starts with): (RunOutcome,
+    events). It teaches the demo model that it is Tuney."""
+    from core import config as cfg
+    from core.training.runner import run
+
+    events: list = []
+    config = cfg.load(ROOT / "presets" / "demo.yaml", [f"output.dir={tmp_path_factory.mktemp('demo-runs')}"])
+    outcome = run(config, events.append)
+    assert outcome.status == "finished", outcome.event
+    return outcome, events

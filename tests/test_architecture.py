@@ -28,12 +28,13 @@ def test_tui_cli_and_app_do_not_import_ml_libraries_before_first_paint():
 
 def test_headless_commands_never_import_textual():
     loaded = _loaded_after("import tui.cli, tui.commands.train, tui.commands.runs, tui.commands.estimate, "
-                           "tui.commands.gpus, tui.commands.export")
+                           "tui.commands.gpus, tui.commands.export, tui.commands.chat")
     assert "textual" not in loaded
 
 
 def test_resources_import_without_ml_libraries():
-    loaded = _loaded_after("import core.resources.gpus, core.resources.estimate, core.resources.recommend, core.catalog")
+    loaded = _loaded_after("import core.resources.gpus, core.resources.estimate, core.resources.recommend, core.catalog, "
+                           "core.chat")
     assert not loaded & set(HEAVY), f"heavy modules loaded: {sorted(loaded & set(HEAVY))}"
 
 

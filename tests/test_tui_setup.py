@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from core.config import DataSpec, ModelSpec, RunConfig, TrainSpec, load
+from core.config import DataSpec, ModelSpec, RunConfig, TrainSpec, load, replace
 from tui.app import default_config
 from helpers_setup import isolate, make_app, screen_text, settle, wait_for, write_big_model
 
@@ -94,7 +94,7 @@ async def test_enter_enter_enter_launch_trains_the_demo():
         await wait_for(pilot, lambda: started, what="the launch")
         config, resume_from = started[0]
         assert (config.model.name_or_path, config.method.kind, config.data.path) == \
-            ("demo:tiny-llama", "lora", "demo:alpaca_en")
+            ("demo:tiny-llama", "lora", "demo:identity")
         assert config.output.dir == "runs" and resume_from is None
         assert app.current_mode == "run"
 
@@ -241,7 +241,7 @@ async def test_review_shows_a_bad_value_and_a_bad_config_file_in_place(tmp_path)
         assert "train.batch_size" in text  # the suggestion
         app.screen.query_one("#train-lr").value = "-1"
         await wait_for(pilot, lambda: "`train.lr` is -1.0" in screen_text(app), what="the lr error")
-        assert app.config.train.lr == 5e-3  # the draft keeps the last good value
+        assert app.config.train.lr == 1e-2  # the draft keeps the last good value
         app.session = RecordingSession()
         await pilot.press("l")
         assert app.session.started == []  # no launch with a setting shown as wrong
@@ -252,7 +252,10 @@ async def test_review_shows_a_bad_value_and_a_bad_config_file_in_place(tmp_path)
 
 
 async def test_data_preview_detects_the_format_and_counts_what_max_length_cuts():
-    app = make_app(start_screen="data")
+    # The alpaca demo (999 rows, some long answers), not the default identity demo (16 short rows): it has rows
+    # for max_length to cut.
+    draft = default_config()
+    app = make_app(start_screen="data", config=replace(draft, data=replace(draft.data, path="demo:alpaca_en")))
     async with app.run_test(size=(120, 40)) as pilot:
         await settle(pilot)
         screen = app.screen

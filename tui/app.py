@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 POLL_SECONDS = 1.5
 """How often the GPU / host sampler runs (NVML calls take milliseconds; the poll never blocks input)."""
 
-DEMO_DATA = "demo:alpaca_en"
+DEMO_DATA = "demo:identity"
 HANG_UP_GRACE_SECONDS = 2.0
 FOLLOW_SECONDS = 0.1
 """How often an attached run's events.jsonl is checked for new lines (one fstat when nothing changed)."""
@@ -55,6 +55,7 @@ SCREENS: dict[str, tuple[str, str, str]] = {
     "run": ("run", "RunScreen", "Run"),
     "monitor": ("monitor", "MonitorScreen", "Monitor"),
     "runs": ("runs", "RunsScreen", "Runs"),
+    "chat": ("chat", "ChatScreen", "Chat"),
 }
 SETUP_ORDER = ("model", "method", "data", "review")
 """Where Enter leads on the set-up screens."""
@@ -81,13 +82,14 @@ class SnapshotTaken(Message, bubble=False):
 
 
 def default_config(output_dir: str | None = None) -> RunConfig:
-    """The draft the app opens with: presets/demo.yaml (the built-in demo model, LoRA, the alpaca demo data; well
-    under a minute on a CPU). Written out here because an installed app has no presets folder; a test keeps the
-    two equal."""
+    """The draft the app opens with: presets/demo.yaml (the built-in demo model learns its name, Tuney, from the
+    identity demo data with LoRA; seconds on a CPU). Written out here because an installed app has no presets
+    folder; a test keeps the two equal."""
     config = RunConfig(
         method=MethodSpec(kind="lora", lora=LoraSpec(r=16, alpha=32, dropout=0.0)),
-        data=DataSpec(path=DEMO_DATA, max_length=128, val_size=16),
-        train=TrainSpec(max_steps=30, batch_size=8, lr=5e-3, warmup_ratio=0.05, eval_steps=10, save_steps=10),
+        data=DataSpec(path=DEMO_DATA, max_length=128, val_size=3),
+        train=TrainSpec(max_steps=150, batch_size=8, lr=1e-2, seed=1, warmup_ratio=0.05, eval_steps=30,
+                        save_steps=50),
     )
     if output_dir:
         config = replace(config, output=OutputSpec(dir=output_dir))
@@ -275,6 +277,10 @@ class TuneApp(App):
             timer.stop()
             self._follow_timer = None
         self.session.close()
+
+    def open_chat(self, target: str) -> None:
+        """Show the Chat screen loading `target` (a run folder, one of its checkpoints, or a model)."""
+        importlib.import_module("tui.screens.chat").open_chat(self, target)
 
     def on_engine_event(self, message: Any) -> None:
         self.session.handle(message.event)

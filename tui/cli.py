@@ -21,6 +21,7 @@ SUBCOMMANDS = {
     "resume": ("control", "resume a paused run"),
     "stop": ("control", "stop a running run after its current step, saving a checkpoint"),
     "attach": ("attach", "watch and control a run trained by another process, live in the app"),
+    "chat": ("chat", "talk to a trained run (or its base model) in the terminal; classify with a classifier"),
 }
 
 

@@ -56,9 +56,15 @@ class NavBar(Static):
             style = "bold reverse $accent" if name == self.current else ""
             label = Content.from_markup(f"[@click=app.show('{name}')]{i} {title}[/]")
             parts.append(label.stylize(style) if style else label)
-        left = Content(" ").join(parts[:4]) + Content(" │ ") + Content(" ").join(parts[4:])
-        left = Content(" ") + left
-        right = Content(gpu_summary(self.snapshot) + " ")
+        summary = gpu_summary(self.snapshot)
+        short = summary.removesuffix(" free")
+        # Eight screens and the GPU read-out fill 80 columns: when they don't fit, drop "free", then the outer
+        # margins, then the spaces around the divider — never a screen's name.
+        for margin, divider, gpu in ((" ", " │ ", summary), (" ", " │ ", short), ("", " │ ", short), ("", "│", short)):
+            left = Content(margin) + Content(" ").join(parts[:4]) + Content(divider) + Content(" ").join(parts[4:])
+            right = Content(gpu + margin)
+            if left.cell_length + 1 + right.cell_length <= self.size.width:
+                break
         gap = max(1, self.size.width - left.cell_length - right.cell_length)
         content = Content.assemble(left, " " * gap, right)
         key = (content.plain, tuple(content.spans))
