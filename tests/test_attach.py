@@ -113,3 +113,19 @@ def test_quitting_a_run_says_how_to_resume_it(tmp_path):
     early = write_run(out, "e", scripted_run(0, run_dir=str(out / "e")) + [
         RunFinished(run_dir=str(out / "e"), final_dir=None, step=0, max_steps=30, stopped=True)])
     assert "nothing to resume" in _stopped_words(str(early))
+
+
+async def test_runs_screen_offers_chat_with_a_finished_run(tmp_path, monkeypatch):
+    from core.events import RunFinished
+
+    monkeypatch.setenv("TUNETUI_CONFIG_DIR", str(tmp_path / "config"))
+    out = tmp_path / "runs"
+    write_run(out, "r-done", scripted_run(30, run_dir=str(out / "r-done")) + [
+        RunFinished(run_dir=str(out / "r-done"), final_dir=str(out / "r-done/final"), step=30, max_steps=30)],
+        final=True)
+    app = create_app(output_dir=str(out), start_screen="runs")
+    async with app.run_test(size=(120, 36)) as pilot:
+        await wait_for(pilot, lambda: "Chat" in screen_text(app) and app.screen.selected is not None,
+                       what="the Chat key for a finished run")
+        await pilot.press("c")
+        await wait_for(pilot, lambda: app.current_mode == "chat", what="the Chat screen")

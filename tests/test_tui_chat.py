@@ -171,6 +171,9 @@ class _GpuRun:
         class model:  # noqa: N801 - stands in for ModelReady
             device = "cuda:0"
 
+    def close(self) -> None:
+        pass
+
     def wait(self) -> None:
         pass
 

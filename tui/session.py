@@ -300,7 +300,8 @@ class TrainingSession:
                 self._notify(f"Run stopped at step {event.step}{where}. Resume it from Runs.", "Run stopped")
             else:
                 where = f" Saved to {event.final_dir}." if event.final_dir else ""
-                self._notify(f"Run finished at step {event.step}.{where}", "Run finished")
+                offer = " Press c to chat with it beside its base model." if event.final_dir else ""
+                self._notify(f"Run finished at step {event.step}.{where}{offer}", "Run finished")
         elif isinstance(event, RunFailed):
             title = {"out_of_memory": "Out of GPU memory", "user_error": "Run cannot start",
                      "diverged": "Training diverged", "disk_full": "Disk full"}.get(

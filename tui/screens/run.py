@@ -55,6 +55,7 @@ class RunScreen(Screen):
         Binding("p", "toggle_pause", "Pause/Resume"),
         Binding("s", "stop", "Stop"),
         Binding("d", "detach", "Detach"),
+        Binding("c", "chat", "Chat with it"),
     ]
 
     def __init__(self, *, name: str | None = None, id: str | None = None, classes: str | None = None) -> None:
@@ -175,7 +176,15 @@ class RunScreen(Screen):
         # Pause and stop only mean something while a run is going: shown greyed out otherwise.
         if action in ("toggle_pause", "stop", "detach"):
             return True if self.app.session.running else None
+        if action == "chat":  # offered once the run has a model to talk to
+            return bool(self.app.session.state.final_dir) and not self.app.session.running
         return True
+
+    def action_chat(self) -> None:
+        """The finished run on the Chat screen, its base model beside it."""
+        state = self.app.session.state
+        if state.final_dir and not self.app.session.running:
+            self.app.open_chat(state.run_dir or state.final_dir)
 
     def action_detach(self) -> None:
         """Keep training, close the app (`tunetui attach` brings the view back)."""

@@ -94,6 +94,7 @@ class RunsScreen(Screen):
         Binding("r", "resume", "Resume"),
         Binding("a", "attach", "Attach"),
         Binding("n", "new_from_config", "New from config"),
+        Binding("c", "chat", "Chat"),
         Binding("f5", "reload", "Refresh"),
     ]
 
@@ -327,9 +328,17 @@ class RunsScreen(Screen):
             return True if run is not None and run.status in RESUMABLE and run.checkpoint else None
         if action == "new_from_config":
             return True if run is not None else None
+        if action == "chat":  # a run with a model saved (final/ or a checkpoint) and not training
+            return run is not None and run.status != "running" and bool(run.final_dir or run.checkpoint)
         if action == "attach":  # hidden unless the run trains in another process
             return run is not None and run.status == "running" and not self._is_live(run)
         return True
+
+    def action_chat(self) -> None:
+        """Talk to the selected run's model (final/, else its newest checkpoint) beside its base."""
+        run = self.selected
+        if run is not None and run.status != "running" and (run.final_dir or run.checkpoint):
+            self.app.open_chat(str(run.run_dir))
 
     def action_attach(self) -> None:
         """Follow the selected run, trained by another process, live on the Run view (pause/stop work there)."""
