@@ -129,3 +129,18 @@ async def test_runs_screen_offers_chat_with_a_finished_run(tmp_path, monkeypatch
                        what="the Chat key for a finished run")
         await pilot.press("c")
         await wait_for(pilot, lambda: app.current_mode == "chat", what="the Chat screen")
+
+
+async def test_runs_screen_shows_a_classifiers_accuracy_and_macro_f1(tmp_path, monkeypatch):
+    from core.events import EvalEnded, RunFinished
+
+    monkeypatch.setenv("TUNETUI_CONFIG_DIR", str(tmp_path / "config"))
+    out = tmp_path / "runs"
+    write_run(out, "r-cls", scripted_run(10, run_dir=str(out / "r-cls")) + [
+        EvalEnded(step=10, eval_loss=0.41, metrics={"accuracy": 0.875, "macro_f1": 0.861},
+                  confusion_matrix=[[4, 1], [0, 3]]),
+        RunFinished(run_dir=str(out / "r-cls"), final_dir=None, step=10, max_steps=10)])
+    app = create_app(output_dir=str(out), start_screen="runs")
+    async with app.run_test(size=(120, 36)) as pilot:
+        await wait_for(pilot, lambda: "accuracy 0.875" in screen_text(app), what="the classifier's metrics")
+        assert "macro-f1 0.861" in screen_text(app) and "eval 0.4100" in screen_text(app)

@@ -269,6 +269,10 @@ class RunsScreen(Screen):
         text.append(run.run_id, style="bold").append("  ")
         text.append(status_words(run, here=self._is_here(run)), style=STATUS_STYLES.get(run.status, ""))
         text.append(f"  step {step_text(run)}  loss {loss_text(run.last_loss)}", style="dim")
+        if run.eval_loss is not None:
+            text.append(f"  eval {loss_text(run.eval_loss)}", style="dim")
+        for name, value in (run.eval_metrics or {}).items():  # classification: accuracy, macro_f1
+            text.append(f"  {name.replace('_', '-')} {value:.3f}", style="bold")
         if run.final_dir:
             text.append(f"\nmodel saved in {run.final_dir}", style="dim")
         elif run.checkpoint:
