@@ -1,0 +1,246 @@
+"""One run over several processes: `tunetui train --nproc 2` and torchrun itself, on the CPU (gloo).
+
+Each test starts real process groups (torch.distributed.run) on the demo model: a few steps, max_length 64, one
+thread per process.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from core import rundir
+from core.events import RunFailed, RunFinished, RunStarted, StepEnded, read_events
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _gloo_available() -> bool:
+    try:
+        import torch.distributed as dist
+    except ImportError:
+        return False
+    return dist.is_available() and dist.is_gloo_available()
+
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not _gloo_available(), reason="torch.distributed with gloo is not available")]
+
+# A short run: 24 training rows, 64 tokens each, no evaluation during training.
+FAST = ["--set", "data.max_length=64", "--set", "data.max_samples=40", "--set", "train.eval_steps=0",
+        "--set", "train.lr=5e-3", "--set", "train.warmup_ratio=0.0"]
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env["OMP_NUM_THREADS"] = "1"
+    env.pop("WORLD_SIZE", None)
+    env.pop("LOCAL_RANK", None)
+    env.pop("RANK", None)
+    return env
+
+
+def _tunetui(*args: str) -> list[str]:
+    return [sys.executable, "-m", "tui.cli", *args]
+
+
+def _run(command: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run(command, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def _only_run(output_dir: Path) -> Path:
+    runs = [p for p in output_dir.iterdir() if p.is_dir()]
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+def _losses(run_dir: Path) -> list[float]:
+    return [e.loss for e in read_events(run_dir / rundir.EVENTS_FILE) if isinstance(e, StepEnded) and e.loss]
+
+
+def _finals(events) -> list:
+    return [e for e in events if isinstance(e, (RunFinished, RunFailed))]
+
+
+def _wait_for(predicate, timeout: float, what: str, process: subprocess.Popen | None = None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        if process is not None and process.poll() is not None:
+            out, err = process.communicate()
+            pytest.fail(f"the run ended (rc {process.returncode}) before {what}:\n{err[-3000:]}")
+        time.sleep(0.2)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def _first_step_of(output_dir: Path):
+    def seen():
+        if not output_dir.is_dir():
+            return None
+        for run in output_dir.iterdir():
+            path = run / rundir.EVENTS_FILE
+            if path.is_file() and any(isinstance(e, StepEnded) for e in read_events(path)):
+                return run
+        return None
+    return seen
+
+
+def test_nproc_2_is_one_run_with_the_loss_of_one_process_at_the_same_global_batch(tmp_path):
+    two = tmp_path / "two"
+    result = _run(_tunetui("train", "presets/demo.yaml", "--nproc", "2", "--output-dir", str(two), *FAST,
+                           "--set", "train.max_steps=4", "--set", "train.batch_size=4"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = _only_run(two)
+    events = read_events(run_dir / rundir.EVENTS_FILE)
+    started = [e for e in events if isinstance(e, RunStarted)]
+    assert len(started) == 1 and started[0].world_size == 2 and started[0].global_batch_size == 8
+    finals = _finals(events)
+    assert len(finals) == 1 and isinstance(finals[0], RunFinished) and not finals[0].stopped
+    assert finals[0].step == 4
+    # One writer: each step reported once, by rank 0.
+    assert [e.step for e in events if isinstance(e, StepEnded)] == [1, 2, 3, 4]
+    assert sorted(p.name for p in run_dir.iterdir() if not p.name.startswith(".")) == sorted(
+        ["checkpoints", "config.yaml", "events.jsonl", "final"])
+
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from core.config import ModelSpec
+    from core.training.models import resolve_model_dir
+
+    base = AutoModelForCausalLM.from_pretrained(resolve_model_dir(ModelSpec()), dtype=torch.float32)
+    model = PeftModel.from_pretrained(base, run_dir / "final")
+    assert any("lora_A" in name for name, _ in model.named_parameters())
+
+    one = tmp_path / "one"
+    result = _run(_tunetui("train", "presets/demo.yaml", "--output-dir", str(one), *FAST,
+                           "--set", "train.max_steps=4", "--set", "train.batch_size=8"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    single = _losses(_only_run(one))
+    double = _losses(run_dir)
+    assert len(single) == len(double) == 4
+    # The same seed and the same 8 examples per optimizer step (4 on each rank): the same curve, up to the order
+    # in which floating-point sums are taken.
+    assert double == pytest.approx(single, rel=1e-2)
+    assert double[-1] < double[0]
+
+
+def test_torchrun_runs_the_same_command_unchanged(tmp_path):
+    out = tmp_path / "runs"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               "-m", "tui.cli", "train", "presets/demo.yaml", "--output-dir", str(out), *FAST,
+               "--set", "train.max_steps=3", "--set", "train.batch_size=4"]
+    result = _run(command)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = _only_run(out)  # rank 0 picked the folder and told rank 1: one run, not two
+    events = read_events(run_dir / rundir.EVENTS_FILE)
+    assert [e.world_size for e in events if isinstance(e, RunStarted)] == [2]
+    finals = _finals(events)
+    assert len(finals) == 1 and isinstance(finals[0], RunFinished) and finals[0].step == 3
+    assert (run_dir / "final" / "adapter_model.safetensors").is_file()
+
+
+def test_stop_reaches_every_rank_and_resume_with_nproc_2_completes_the_run(tmp_path):
+    out = tmp_path / "runs"
+    train = _tunetui("train", "presets/demo.yaml", "--nproc", "2", "--output-dir", str(out), *FAST,
+                     "--set", "train.max_steps=30", "--set", "train.batch_size=2", "--set", "train.save_steps=100")
+    process = subprocess.Popen(train, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    try:
+        run_dir = _wait_for(_first_step_of(out), 180, "the first step", process)
+        stop = _run(_tunetui("stop", str(run_dir), "--timeout", "120"))
+        assert stop.returncode == 0, stop.stderr
+        _, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, err[-3000:]
+    events = read_events(run_dir / rundir.EVENTS_FILE)
+    finals = _finals(events)
+    assert len(finals) == 1 and isinstance(finals[0], RunFinished) and finals[0].stopped
+    stopped_at = finals[0].step
+    assert 0 < stopped_at < 30
+    checkpoint = rundir.latest_checkpoint(run_dir)
+    assert checkpoint is not None and rundir.checkpoint_step(checkpoint) == stopped_at
+    # Both ranks saved at the same step: each wrote its RNG state into the one checkpoint.
+    assert {p.name for p in checkpoint.glob("rng_state_*.pth")} == {"rng_state_0.pth", "rng_state_1.pth"}
+    assert not rundir.is_running(run_dir)
+
+    resumed = _run(_tunetui("train", "--resume", str(run_dir), "--nproc", "2"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    events = read_events(run_dir / rundir.EVENTS_FILE)
+    starts = [e for e in events if isinstance(e, RunStarted)]
+    assert len(starts) == 2 and starts[1].resumed_from == str(checkpoint) and starts[1].world_size == 2
+    last_segment = events[events.index(starts[1]):]
+    steps = [e.step for e in last_segment if isinstance(e, StepEnded)]
+    assert steps == list(range(stopped_at + 1, 31))
+    finals = _finals(last_segment)
+    assert len(finals) == 1 and isinstance(finals[0], RunFinished) and not finals[0].stopped
+    assert finals[0].step == 30 and (run_dir / "final").is_dir()
+    assert _only_run(out) == run_dir
+
+
+def test_ctrl_c_on_the_launcher_stops_the_group_with_a_checkpoint(tmp_path):
+    out = tmp_path / "runs"
+    train = _tunetui("train", "presets/demo.yaml", "--nproc", "2", "--output-dir", str(out), *FAST,
+                     "--set", "train.max_steps=200", "--set", "train.batch_size=2", "--set", "train.save_steps=1000")
+    process = subprocess.Popen(train, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    try:
+        run_dir = _wait_for(_first_step_of(out), 180, "the first step", process)
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 128 + signal.SIGINT, err[-3000:]
+    finals = _finals(read_events(run_dir / rundir.EVENTS_FILE))
+    assert len(finals) == 1 and isinstance(finals[0], RunFinished) and finals[0].stopped
+    checkpoint = rundir.latest_checkpoint(run_dir)
+    assert checkpoint is not None and rundir.checkpoint_step(checkpoint) == finals[0].step
+
+
+def test_a_killed_rank_ends_the_run_with_run_failed_naming_it(tmp_path):
+    psutil = pytest.importorskip("psutil")
+    out = tmp_path / "runs"
+    train = _tunetui("train", "presets/demo.yaml", "--nproc", "2", "--output-dir", str(out), *FAST,
+                     "--set", "train.max_steps=500", "--set", "train.batch_size=2", "--set", "train.save_steps=1000")
+    process = subprocess.Popen(train, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    try:
+        run_dir = _wait_for(_first_step_of(out), 180, "the first step", process)
+
+        def rank_one():
+            for child in psutil.Process(process.pid).children(recursive=True):
+                try:
+                    if child.environ().get("RANK") == "1" and child.environ().get("LOCAL_RANK") == "1":
+                        return child
+                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                    continue
+            return None
+
+        victim = _wait_for(rank_one, 30, "the rank-1 worker", process)
+        victim.send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        _, err = process.communicate(timeout=60)
+        took = time.monotonic() - killed
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 1, err[-3000:]
+    assert took < 60
+    events = read_events(run_dir / rundir.EVENTS_FILE)
+    finals = _finals(events)
+    assert len(finals) == 1 and isinstance(finals[0], RunFailed), finals
+    assert "rank 1" in finals[0].message and "SIGKILL" in finals[0].message
+    assert not rundir.is_running(run_dir)
+    assert rundir.summarize(run_dir).status == "failed"
