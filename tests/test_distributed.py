@@ -28,8 +28,7 @@ def _gloo_available() -> bool:
     return dist.is_available() and dist.is_gloo_available()
 
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not _gloo_available(), reason="torch.distributed with gloo is not available")]
+needs_gloo = pytest.mark.skipif(not _gloo_available(), reason="torch.distributed with gloo is not available")
 
 # A short run: 24 training rows, 64 tokens each, no evaluation during training.
 FAST = ["--set", "data.max_length=64", "--set", "data.max_samples=40", "--set", "train.eval_steps=0",
@@ -93,6 +92,8 @@ def _first_step_of(output_dir: Path):
     return seen
 
 
+@pytest.mark.slow
+@needs_gloo
 def test_nproc_2_is_one_run_with_the_loss_of_one_process_at_the_same_global_batch(tmp_path):
     two = tmp_path / "two"
     result = _run(_tunetui("train", "presets/demo.yaml", "--nproc", "2", "--output-dir", str(two), *FAST,
@@ -134,6 +135,8 @@ def test_nproc_2_is_one_run_with_the_loss_of_one_process_at_the_same_global_batc
     assert double[-1] < double[0]
 
 
+@pytest.mark.slow
+@needs_gloo
 def test_torchrun_runs_the_same_command_unchanged(tmp_path):
     out = tmp_path / "runs"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
@@ -149,6 +152,8 @@ def test_torchrun_runs_the_same_command_unchanged(tmp_path):
     assert (run_dir / "final" / "adapter_model.safetensors").is_file()
 
 
+@pytest.mark.slow
+@needs_gloo
 def test_stop_reaches_every_rank_and_resume_with_nproc_2_completes_the_run(tmp_path):
     out = tmp_path / "runs"
     train = _tunetui("train", "presets/demo.yaml", "--nproc", "2", "--output-dir", str(out), *FAST,
@@ -189,6 +194,8 @@ def test_stop_reaches_every_rank_and_resume_with_nproc_2_completes_the_run(tmp_p
     assert _only_run(out) == run_dir
 
 
+@pytest.mark.slow
+@needs_gloo
 def test_ctrl_c_on_the_launcher_stops_the_group_with_a_checkpoint(tmp_path):
     out = tmp_path / "runs"
     train = _tunetui("train", "presets/demo.yaml", "--nproc", "2", "--output-dir", str(out), *FAST,
@@ -209,6 +216,8 @@ def test_ctrl_c_on_the_launcher_stops_the_group_with_a_checkpoint(tmp_path):
     assert checkpoint is not None and rundir.checkpoint_step(checkpoint) == finals[0].step
 
 
+@pytest.mark.slow
+@needs_gloo
 def test_a_killed_rank_ends_the_run_with_run_failed_naming_it(tmp_path):
     psutil = pytest.importorskip("psutil")
     out = tmp_path / "runs"
@@ -244,3 +253,51 @@ def test_a_killed_rank_ends_the_run_with_run_failed_naming_it(tmp_path):
     assert "rank 1" in finals[0].message and "SIGKILL" in finals[0].message
     assert not rundir.is_running(run_dir)
     assert rundir.summarize(run_dir).status == "failed"
+
+
+# ---------------------------------------------------------------- the launcher's own decisions (no processes)
+
+def test_gpus_and_nproc_are_checked_before_anything_starts(tmp_path):
+    from core.errors import TuneError
+    from core.launch import parse_gpus
+
+    assert parse_gpus("0,2,3") == ["0", "2", "3"]
+    assert parse_gpus(" 1 , MIG-abc ") == ["1", "MIG-abc"]
+    for bad in ("", "0,0", "a,1", "0,,x"):
+        with pytest.raises(TuneError, match="--gpus"):
+            parse_gpus(bad)
+    result = _run(_tunetui("train", "presets/demo.yaml", "--nproc", "2", "--gpus", "0", "--output-dir",
+                           str(tmp_path / "runs")), timeout=60)
+    assert result.returncode == 2
+    assert "--nproc 2 but --gpus names 1 GPU(s)" in result.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_the_launcher_names_the_failed_rank_only_when_rank_0_wrote_no_final_event(tmp_path):
+    from core import config as cfg
+    from core.events import RunFinished as Finished
+    from core.launch import Failure, exit_code, first_failure, record_failure
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    started = RunStarted(run_id="run", run_dir=str(run_dir), config=cfg.to_dict(cfg.from_dict({})), world_size=2)
+    (run_dir / rundir.EVENTS_FILE).write_text(started.to_json() + "\n" + StepEnded(step=3, max_steps=9, epoch=0.1).to_json() + "\n")
+    failures = [Failure(rank=2, pid=30, exitcode=1, timestamp=20.0),
+                Failure(rank=1, pid=20, exitcode=-9, timestamp=10.0)]
+    assert first_failure(failures).rank == 1
+    event = record_failure(run_dir, 1, failures, nproc=3)
+    assert isinstance(event, RunFailed) and event.step == 3
+    assert "rank 1 (pid 20) was killed by SIGKILL" in event.message
+    assert "It saved no checkpoint" in event.message
+    assert exit_code(event, 1, None) == 1
+    # Called again (or after rank 0 wrote its own final event): nothing more is written.
+    assert record_failure(run_dir, 1, failures, nproc=3) == event
+    assert len(_finals(read_events(run_dir / rundir.EVENTS_FILE))) == 1
+
+    finished = Finished(run_dir=str(run_dir), final_dir=None, step=5, max_steps=9, stopped=True)
+    with open(run_dir / rundir.EVENTS_FILE, "a", encoding="utf-8") as fh:
+        fh.write(started.to_json() + "\n" + finished.to_json() + "\n")
+    assert record_failure(run_dir, 0, [], nproc=3) == finished
+    assert exit_code(finished, 0, signal.SIGINT) == 128 + signal.SIGINT
+    assert exit_code(finished, 0, None) == 0
+    assert Failure(rank=0, pid=1, exitcode=3).describe() == "rank 0 (pid 1) exited with code 3"
