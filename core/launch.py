@@ -23,7 +23,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -152,10 +151,13 @@ def launch(worker_args: list[str], nproc: int, run_dir: Path, *, gpus: list[str]
         os.unlink(failures_path)
     except OSError:
         pass
-    final = record_failure(run_dir, returncode, failures, nproc=nproc, resume_hint=worker_args)
-    if final is not None and note:
-        if type(final).__name__ == "RunFailed" and final.kind != "user_error" and final.message:
-            note(f"failed: {final.message}")
+    final = record_failure(run_dir, returncode, failures, nproc=nproc)
+    if final is None:
+        # The folder is gone: rank 0 met a bad config or data file and removed the run it had not begun (and said
+        # why on stderr), as a one-process run does.
+        return 2 if any(f.exitcode == 2 for f in failures) else (returncode or 1)
+    if type(final).__name__ == "RunFailed" and final.kind != "user_error" and final.message:
+        note(f"failed: {final.message}")
     return exit_code(final, returncode, stop.signal_number)
 
 
@@ -231,8 +233,7 @@ def _current_final(run_dir: Path):
     return final
 
 
-def record_failure(run_dir: Path, returncode: int, failures: list[Failure], *, nproc: int,
-                   resume_hint: list[str] | None = None):
+def record_failure(run_dir: Path, returncode: int, failures: list[Failure], *, nproc: int):
     """After the group ended: the run's final event, writing RunFailed (naming the failed rank) when rank 0 wrote
     none. Returns that final event; None where the run folder is gone (a bad config: rank 0 removed it)."""
     from core import rundir
@@ -287,7 +288,7 @@ def exit_code(final, returncode: int, signal_number: int | None) -> int:
         if final.stopped and signal_number is not None:
             return 128 + signal_number
         return 0
-    return 2 if final is None and returncode == 2 else (returncode or 1)
+    return returncode or 1
 
 
 # ---------------------------------------------------------------- the agent (a child process)

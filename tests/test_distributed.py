@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from core import rundir
-from core.events import RunFailed, RunFinished, RunStarted, StepEnded, read_events
+from core.events import RunFailed, RunFinished, RunPaused, RunResumed, RunStarted, StepEnded, read_events
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -61,6 +61,10 @@ def _only_run(output_dir: Path) -> Path:
 
 def _losses(run_dir: Path) -> list[float]:
     return [e.loss for e in read_events(run_dir / rundir.EVENTS_FILE) if isinstance(e, StepEnded) and e.loss]
+
+
+def _steps(run_dir: Path) -> int:
+    return len([e for e in read_events(run_dir / rundir.EVENTS_FILE) if isinstance(e, StepEnded)])
 
 
 def _finals(events) -> list:
@@ -162,6 +166,14 @@ def test_stop_reaches_every_rank_and_resume_with_nproc_2_completes_the_run(tmp_p
                                text=True)
     try:
         run_dir = _wait_for(_first_step_of(out), 180, "the first step", process)
+        paused = _run(_tunetui("pause", str(run_dir), "--timeout", "120"))
+        assert paused.returncode == 0, paused.stderr
+        at = _steps(run_dir)
+        time.sleep(3)  # paused: no rank takes a step (and none times out waiting)
+        assert _steps(run_dir) == at
+        resumed = _run(_tunetui("resume", str(run_dir), "--timeout", "120"))
+        assert resumed.returncode == 0, resumed.stderr
+        _wait_for(lambda: _steps(run_dir) > at, 60, "a step after resuming", process)
         stop = _run(_tunetui("stop", str(run_dir), "--timeout", "120"))
         assert stop.returncode == 0, stop.stderr
         _, err = process.communicate(timeout=120)
@@ -170,6 +182,7 @@ def test_stop_reaches_every_rank_and_resume_with_nproc_2_completes_the_run(tmp_p
             process.kill()
     assert process.returncode == 0, err[-3000:]
     events = read_events(run_dir / rundir.EVENTS_FILE)
+    assert [type(e).__name__ for e in events if isinstance(e, (RunPaused, RunResumed))] == ["RunPaused", "RunResumed"]
     finals = _finals(events)
     assert len(finals) == 1 and isinstance(finals[0], RunFinished) and finals[0].stopped
     stopped_at = finals[0].step
@@ -253,6 +266,18 @@ def test_a_killed_rank_ends_the_run_with_run_failed_naming_it(tmp_path):
     assert "rank 1" in finals[0].message and "SIGKILL" in finals[0].message
     assert not rundir.is_running(run_dir)
     assert rundir.summarize(run_dir).status == "failed"
+
+
+@pytest.mark.slow
+@needs_gloo
+def test_a_bad_data_file_under_nproc_is_a_user_error_and_leaves_no_run_behind(tmp_path):
+    out = tmp_path / "runs"
+    result = _run(_tunetui("train", "presets/demo.yaml", "--nproc", "2", "--output-dir", str(out), *FAST,
+                           "--set", f"data.path={tmp_path / 'missing.json'}"))
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "missing.json" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert list(out.iterdir()) == []
 
 
 # ---------------------------------------------------------------- the launcher's own decisions (no processes)
