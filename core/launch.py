@@ -121,8 +121,10 @@ def launch(worker_args: list[str], nproc: int, run_dir: Path, *, gpus: list[str]
         if signum == getattr(signal, "SIGHUP", None):
             return  # the group has no terminal to lose: it trains on
         if stop.signal_number is not None and signum == signal.SIGINT:
-            note("Ctrl-C again: ending every process of the group now, without saving")
-            _send(process, signal.SIGTERM)
+            if not stop.aborted:
+                stop.aborted = True
+                note("Ctrl-C again: ending every process of the group now, without saving")
+                _abort(process)
             return
         if stop.signal_number is None:
             stop.signal_number = signum
@@ -151,7 +153,13 @@ def launch(worker_args: list[str], nproc: int, run_dir: Path, *, gpus: list[str]
         os.unlink(failures_path)
     except OSError:
         pass
-    final = record_failure(run_dir, returncode, failures, nproc=nproc)
+    if stop.aborted:
+        failures = []  # the ranks were killed on purpose: the run's last word is the interruption, not a rank
+    final = record_failure(run_dir, returncode, failures, nproc=nproc,
+                           why="Interrupted (a second Ctrl-C): every process was ended without saving a checkpoint"
+                           if stop.aborted else None)
+    if stop.aborted:
+        return 128 + signal.SIGINT
     if final is None:
         # The folder is gone: rank 0 met a bad config or data file and removed the run it had not begun (and said
         # why on stderr), as a one-process run does.
@@ -170,6 +178,7 @@ class _StopForwarder:
         self.started_segments = started_segments
         self.request = request
         self.signal_number: int | None = None
+        self.aborted = False
         self._sent_after_start = False
 
     def forward(self) -> None:
@@ -184,11 +193,25 @@ class _StopForwarder:
         self._sent_after_start = listening
 
 
-def _send(process: subprocess.Popen, sig: int) -> None:
+def _abort(process: subprocess.Popen) -> None:
+    """End the group at once. Signalling torchrun would not do: it passes SIGINT/SIGTERM on to the ranks, which
+    take it for a stop request and save first. The ranks are torchrun's children (each in a session of its own)."""
     try:
-        process.send_signal(sig)
-    except OSError:
-        pass
+        import psutil
+
+        workers = psutil.Process(process.pid).children(recursive=True)
+    except Exception:  # noqa: BLE001 - psutil missing or the agent gone: let torchrun end them
+        workers = []
+    for worker in workers:
+        try:
+            worker.kill()
+        except Exception:  # noqa: BLE001 - already gone
+            pass
+    if not workers:
+        try:
+            process.send_signal(signal.SIGTERM)
+        except OSError:
+            pass
 
 
 def _segment_count(run_dir: Path) -> int:
@@ -233,7 +256,8 @@ def _current_final(run_dir: Path):
     return final
 
 
-def record_failure(run_dir: Path, returncode: int, failures: list[Failure], *, nproc: int):
+def record_failure(run_dir: Path, returncode: int, failures: list[Failure], *, nproc: int,
+                   why: str | None = None):
     """After the group ended: the run's final event, writing RunFailed (naming the failed rank) when rank 0 wrote
     none. Returns that final event; None where the run folder is gone (a bad config: rank 0 removed it)."""
     from core import rundir
@@ -246,7 +270,9 @@ def record_failure(run_dir: Path, returncode: int, failures: list[Failure], *, n
     if final is not None:
         return final
     root = first_failure(failures)
-    if root is not None:
+    if why is not None:
+        what = why
+    elif root is not None:
         what = f"Training process {root.describe()}"
         detail = root.message.strip()
         if detail and not detail.startswith(("Signal ", "To enable traceback")):
@@ -258,7 +284,7 @@ def record_failure(run_dir: Path, returncode: int, failures: list[Failure], *, n
     checkpoint = rundir.latest_checkpoint(run_dir)
     again = (f"Resume it with `tunetui train --resume {run_dir} --nproc {nproc}`" if checkpoint is not None
              else "It saved no checkpoint; start it again from its config.yaml")
-    message = f"{what}; torchrun ended the other processes of the group. {again}."
+    message = f"{what}. {again}." if why else f"{what}; torchrun ended the other processes of the group. {again}."
     event = RunFailed(message=message, kind="error", run_dir=str(run_dir), step=_last_step(run_dir))
     with open(run_dir / rundir.EVENTS_FILE, "a", encoding="utf-8") as fh:
         fh.write(event.to_json() + "\n")
