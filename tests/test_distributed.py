@@ -306,7 +306,8 @@ def test_the_launcher_names_the_failed_rank_only_when_rank_0_wrote_no_final_even
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     started = RunStarted(run_id="run", run_dir=str(run_dir), config=cfg.to_dict(cfg.from_dict({})), world_size=2)
-    (run_dir / rundir.EVENTS_FILE).write_text(started.to_json() + "\n" + StepEnded(step=3, max_steps=9, epoch=0.1).to_json() + "\n")
+    step = StepEnded(step=3, max_steps=9, epoch=0.1)
+    (run_dir / rundir.EVENTS_FILE).write_text(started.to_json() + "\n" + step.to_json() + "\n")
     failures = [Failure(rank=2, pid=30, exitcode=1, timestamp=20.0),
                 Failure(rank=1, pid=20, exitcode=-9, timestamp=10.0)]
     assert first_failure(failures).rank == 1

@@ -349,7 +349,9 @@ class _Session:
         self.emit(PhaseChanged(phase="loading_model", message=f"loading {config.model.name_or_path}"))
         set_seed(config.train.seed)  # LoRA and new heads are initialised from the run's seed
         labels = list(prepared.label_names or []) if prepared.task == "classification" else None
-        if labels and self.group.is_main:  # beside config.yaml, so a checkpoint of a run that never reached final/ can still be merged
+        # Beside config.yaml (rank 0 writes the folder), so a checkpoint of a run that never reached final/ can still
+        # be merged.
+        if labels and self.group.is_main:
             rundir.write_labels(self.run_dir, labels)
         precision = getattr(self, "precision", "fp32")
         dtype = gpu.torch_dtype(gpu.compute_dtype_name(config.method.quant.compute_dtype, precision)
