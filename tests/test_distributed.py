@@ -231,6 +231,30 @@ def test_ctrl_c_on_the_launcher_stops_the_group_with_a_checkpoint(tmp_path):
 
 @pytest.mark.slow
 @needs_gloo
+def test_sigterm_to_torchrun_itself_stops_every_rank_at_one_step(tmp_path):
+    out = tmp_path / "runs"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               "-m", "tui.cli", "train", "presets/demo.yaml", "--output-dir", str(out), *FAST,
+               "--set", "train.max_steps=200", "--set", "train.batch_size=2", "--set", "train.save_steps=1000"]
+    process = subprocess.Popen(command, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    try:
+        run_dir = _wait_for(_first_step_of(out), 180, "the first step", process)
+        # torchrun passes SIGTERM on to each rank, each at its own moment: they agree on one step all the same.
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    finals = _finals(read_events(run_dir / rundir.EVENTS_FILE))
+    assert len(finals) == 1 and isinstance(finals[0], RunFinished) and finals[0].stopped, err[-3000:]
+    checkpoint = rundir.latest_checkpoint(run_dir)
+    assert checkpoint is not None and rundir.checkpoint_step(checkpoint) == finals[0].step
+    assert {p.name for p in checkpoint.glob("rng_state_*.pth")} == {"rng_state_0.pth", "rng_state_1.pth"}
+
+
+@pytest.mark.slow
+@needs_gloo
 def test_a_killed_rank_ends_the_run_with_run_failed_naming_it(tmp_path):
     psutil = pytest.importorskip("psutil")
     out = tmp_path / "runs"
