@@ -37,6 +37,10 @@ class RunStarted(Event):
     """The full resolved config."""
     resumed_from: str | None = None
     """Checkpoint dir this run continues from, if any."""
+    world_size: int = 1
+    """How many processes train the run together (torchrun / `tunetui train --nproc N`), one GPU each."""
+    global_batch_size: int | None = None
+    """Examples per optimizer step over the whole group: per-device batch x grad accumulation x world size."""
 
 
 @dataclass(frozen=True)

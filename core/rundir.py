@@ -6,6 +6,8 @@ trains it), labels.json (classification runs: the class names, in the head's ord
 tokenizer, labels.json; also renamed into place), output.log (what the process printed after its terminal went away),
 control.json (a pause/resume/stop request waiting for the runner; see core.control), viewers/ (one empty file per app
 attached to the run from another process, named <host>-<pid>; the run's status shows who is watching).
+Under torchrun (`tunetui train --nproc N`, core.launch) the folder is still one run with one writer: rank 0 writes all
+of the above; the other ranks only add their part of each checkpoint (rng_state_<rank>.pth).
 """
 from __future__ import annotations
 

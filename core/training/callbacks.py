@@ -27,9 +27,11 @@ class EventCallback(TrainerCallback):
     StepEnded (and any pause at that step) therefore waits for `on_log`, so the UI sees the loss before "paused".
     """
 
-    def __init__(self, emit: Emit, control: RunControl | None = None, *, eta_window: int = 20):
+    def __init__(self, emit: Emit, control: RunControl | None = None, *, eta_window: int = 20, group=None):
         self.emit = emit
         self.control = control or RunControl()
+        self.group = group
+        """core.training.distributed.Group under torchrun: pause and stop are decided for all ranks together."""
         self.stopped = False
         self._eta_window = eta_window
         self._durations: list[float] = []
@@ -122,22 +124,36 @@ class EventCallback(TrainerCallback):
     def _obey(self, control) -> None:
         """Pause here (between steps, model loaded) and/or ask the Trainer to save and stop."""
         run = self.control
-        if run.paused and not run.stop_requested:
+        stop, paused, no_save = self._decide()
+        if paused and not stop:
             step = self.last_step
             self.emit(RunPaused(step=step))
             began = time.perf_counter()
-            while not run.wait_while_paused(PAUSE_POLL_SECONDS):
-                pass
+            while paused and not stop:
+                run.wait_while_paused(PAUSE_POLL_SECONDS)
+                # Under torchrun every rank passes here once per poll and takes the same (shared) decision, so
+                # no rank sits in a collective long enough to time out while the run is paused.
+                stop, paused, no_save = self._decide()
             self._paused_total += time.perf_counter() - began
             self._mark = time.perf_counter()
-            if not run.stop_requested:
+            if not stop:
                 self.emit(RunResumed(step=step))
         # At the last step the run is complete anyway: a late stop changes nothing.
-        if run.stop_requested and not control.should_training_stop:
+        if stop and not control.should_training_stop:
             self.stopped = True
             control.should_training_stop = True
             # Keep a save the Trainer already planned for this step; add one when stopping should save.
-            control.should_save = control.should_save or run.save_on_stop
+            control.should_save = control.should_save or not no_save
+
+    def _decide(self) -> tuple[bool, bool, bool]:
+        """(stop, paused, stop without saving) for this step. Under torchrun: OR-ed over the ranks (rank 0 reads the
+        control channel; a signal may reach any rank), so all of them stop at the same step and save one
+        checkpoint, and pause together."""
+        run = self.control
+        flags = (run.stop_requested, run.paused, run.stop_requested and not run.save_on_stop)
+        if self.group is None:
+            return flags
+        return self.group.any(*flags)
 
     def _restart_clock(self, state) -> None:
         self._mark = time.perf_counter()

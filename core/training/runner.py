@@ -24,6 +24,7 @@ from core.control import RunControl
 from core.errors import TuneError
 from core.events import (DataReady, Emit, Event, LogLine, ModelReady, PhaseChanged, RunFailed, RunFinished,
                          RunStarted)
+from core.launch import LAUNCHER_ENV, RUN_DIR_ENV
 
 log = logging.getLogger(__name__)
 
@@ -109,10 +110,21 @@ class _Session:
         self.estimated_peak_gib: float | None = None
         self.channel = None
         """The run folder's control channel (pause/resume/stop from a shell or another app)."""
+        from core.training.distributed import Group
+
+        self.group = Group()
+        """This process's place under torchrun (one process: world size 1, every collective a no-op)."""
 
     # ---------------------------------------------------------------- events
 
     def emit(self, event: Event) -> None:
+        if not self.group.is_main:
+            # One run, however many processes: only rank 0 reports. The others' errors still reach their own
+            # stderr (torchrun passes it on), where a failure of that rank is explained.
+            if ((isinstance(event, LogLine) and event.level in ("ERROR", "CRITICAL"))
+                    or (isinstance(event, RunFailed) and event.kind != "user_error")):
+                self._tell_user(event)
+            return
         with self.lock:
             if self.events_file is not None:
                 try:
@@ -120,6 +132,9 @@ class _Session:
                     self.events_file.flush()  # a crash must leave every event already reported on disk
                 except (OSError, ValueError):
                     pass
+        self._tell_user(event)
+
+    def _tell_user(self, event: Event) -> None:
         try:
             self.user_emit(event)
         except Exception:  # a broken listener must not kill the training
@@ -148,6 +163,7 @@ class _Session:
         finally:
             self._close()
             self._release()
+            self.group.close()
         return outcome
 
     def _release(self) -> None:
@@ -186,19 +202,67 @@ class _Session:
         if config.method.kind == "qlora":
             check_bitsandbytes(device, config.method.quant.bits)  # fail before any work, and say why
 
+        self.group.init(device)  # under torchrun: rank 0's run folder reaches the others through the group
         checkpoint = self._open_run_dir(resume_from)
         log.info("%s", choice.reason)  # after RunStarted: in events.jsonl too
+        stopped = False
         try:
-            prepared, tokenizer, model, model_dir = self._prepare(config, device, data_mod)
+            with self.group.main_first():  # rank 0 fills the model and tokenization caches, then the others read
+                prepared, tokenizer, model, model_dir = self._prepare(config, device, data_mod)
         except _StopRequested:
-            return self._finish(stopped=True, final_dir=None)
-        if self.control.stop_requested:
+            stopped = True
+        # Every rank stops before training, or none does (a stop seen by rank 0 alone would leave the others
+        # waiting for it in the Trainer's first collective).
+        (stopped,) = self.group.any(stopped or self.control.stop_requested)
+        if stopped:
             return self._finish(stopped=True, final_dir=None)
         return self._train(config, device, precision, prepared, tokenizer, model, checkpoint)
 
     def _open_run_dir(self, resume_from) -> Path | None:
+        """Rank 0 (or the only process) picks the run folder and opens it; under torchrun the others are told which
+        (the folder, and the checkpoint to resume from) and write nothing there but what checkpoints need."""
+        group = self.group
+        if not group.is_main:
+            run_dir, checkpoint, error = group.broadcast(None)
+            if error is not None:
+                raise TuneError(*error)
+            self.run_dir = Path(run_dir)
+            return Path(checkpoint) if checkpoint else None
+        try:
+            checkpoint, torn = self._choose_run_dir(resume_from)
+        except TuneError as exc:
+            group.broadcast((None, None, (exc.what, exc.where, exc.fix)))
+            raise
+        group.broadcast((str(self.run_dir), str(checkpoint) if checkpoint else None, None))
+        config = self.config
+        cfg.save(config, self.run_dir / rundir.CONFIG_FILE)
+        self._open_events()
+        rundir.write_pid(self.run_dir)
+        from core.control import ControlChannel
+
+        self.channel = ControlChannel(self.run_dir, self.control).start()
+        t = config.train
+        self.emit(RunStarted(run_id=self.run_dir.name, run_dir=str(self.run_dir), config=cfg.to_dict(config),
+                             resumed_from=str(checkpoint) if checkpoint else None, world_size=group.world_size,
+                             global_batch_size=t.batch_size * t.grad_accum * group.world_size))
+        if resume_from is not None:
+            for path, why in torn:
+                # Left (by an older version, or by hand) where a save was cut short: never loaded, left for the user.
+                log.warning("Skipping %s: %s, so it is not a complete checkpoint. Resuming from %s instead.",
+                            path.name, why, checkpoint.name)
+        if group.active:
+            log.info("%d processes train this run (torch.distributed, %s): global batch %d = %d per process x %d "
+                     "accumulation x %d processes", group.world_size,
+                     "nccl" if str(group.device).startswith("cuda") else "gloo",
+                     t.batch_size * t.grad_accum * group.world_size, t.batch_size, t.grad_accum, group.world_size)
+        self._preflight()
+        return checkpoint
+
+    def _choose_run_dir(self, resume_from):
+        """(checkpoint to resume from, torn checkpoints passed over); sets self.run_dir."""
         config = self.config
         checkpoint = None
+        torn = []
         if resume_from is not None:
             self.run_dir = Path(resume_from).expanduser()
             saved = rundir.load_run_config(self.run_dir)
@@ -216,24 +280,14 @@ class _Session:
                 raise TuneError(f"The run in {self.run_dir} has no checkpoint to resume from", "--resume",
                                 "Start it again as a new run (checkpoints are written every train.save_steps "
                                 "and when a run is stopped)")
+        elif self.group.active and os.environ.get(RUN_DIR_ENV):
+            # `tunetui train --nproc N` made the folder before starting the group (core.launch): use it.
+            self.run_dir = Path(os.environ[RUN_DIR_ENV])
+            self.created_dir = True
         else:
             self.run_dir = rundir.new_run_dir(config.output.dir, config)
             self.created_dir = True
-        cfg.save(config, self.run_dir / rundir.CONFIG_FILE)
-        self._open_events()
-        rundir.write_pid(self.run_dir)
-        from core.control import ControlChannel
-
-        self.channel = ControlChannel(self.run_dir, self.control).start()
-        self.emit(RunStarted(run_id=self.run_dir.name, run_dir=str(self.run_dir), config=cfg.to_dict(config),
-                             resumed_from=str(checkpoint) if checkpoint else None))
-        if resume_from is not None:
-            for path, why in torn:
-                # Left (by an older version, or by hand) where a save was cut short: never loaded, left for the user.
-                log.warning("Skipping %s: %s, so it is not a complete checkpoint. Resuming from %s instead.",
-                            path.name, why, checkpoint.name)
-        self._preflight()
-        return checkpoint
+        return checkpoint, torn
 
     def _preflight(self, after_download: bool = False, model_dir: Path | None = None) -> None:
         try:
@@ -295,7 +349,9 @@ class _Session:
         self.emit(PhaseChanged(phase="loading_model", message=f"loading {config.model.name_or_path}"))
         set_seed(config.train.seed)  # LoRA and new heads are initialised from the run's seed
         labels = list(prepared.label_names or []) if prepared.task == "classification" else None
-        if labels:  # beside config.yaml, so a checkpoint of a run that never reached final/ can still be merged
+        # Beside config.yaml (rank 0 writes the folder), so a checkpoint of a run that never reached final/ can still
+        # be merged.
+        if labels and self.group.is_main:
             rundir.write_labels(self.run_dir, labels)
         precision = getattr(self, "precision", "fp32")
         dtype = gpu.torch_dtype(gpu.compute_dtype_name(config.method.quant.compute_dtype, precision)
@@ -336,12 +392,13 @@ class _Session:
 
         self.precision = precision
         has_val = prepared.val is not None and len(prepared.val) > 0
-        args = training_arguments(config, self.run_dir, device, precision, has_val=has_val)
+        args = training_arguments(config, self.run_dir, device, precision, has_val=has_val,
+                                  distributed=self.group.active)
         if device.startswith("cuda"):
             _log_device()
         if checkpoint:
             args.eval_on_start = False  # a resumed run's curve already starts from the base model's loss
-        self.callback = EventCallback(self.emit, self.control)
+        self.callback = EventCallback(self.emit, self.control, group=self.group)
         self.memory = self.callback.memory
         trainer = GuardedTrainer(
             check_grad_norm=precision != "fp16", model=model, args=args, train_dataset=prepared.train,
@@ -372,6 +429,8 @@ class _Session:
 
         if has_val and config.train.eval_steps == 0:
             trainer.evaluate()  # "0: at the end only"
+        if not self.group.is_main:  # rank 0 alone writes final/ (DDP keeps every rank's weights the same)
+            return self._finish(stopped=False, final_dir=None, train_loss=result.training_loss)
         self.emit(PhaseChanged(phase="saving", message="writing final/"))
         final_dir = self._save_final(trainer, tokenizer, prepared)
         return self._finish(stopped=False, final_dir=final_dir, train_loss=result.training_loss)
@@ -492,6 +551,18 @@ class _Session:
                 message += f" (It ran out at step {step}.)"
         elif isinstance(exc, KeyboardInterrupt):
             kind, message, tb = "error", "Interrupted (a second Ctrl-C): no checkpoint was saved.", None
+        elif self.group.active and _collective_failure(exc):
+            kind = "error"
+            message = (f"Another process of the group failed, which broke torch.distributed here (rank "
+                       f"{self.group.rank}: {type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]}). "
+                       "torchrun's output names the rank that failed first.")
+            if os.environ.get(LAUNCHER_ENV):
+                # `tunetui train --nproc` hears from torchrun which rank failed, and how, and writes the run's
+                # RunFailed naming it (core.launch.record_failure): this rank only logs what it saw.
+                log.error("%s", message)
+                event = RunFailed(message=message, kind=kind, run_dir=str(self.run_dir) if self.run_dir else None,
+                                  step=step)
+                return RunOutcome("failed", self.run_dir, None, step or 0, event)
         else:
             kind = "error"
             message = f"{type(exc).__name__}: {exc} (this is a bug; the traceback is in events.jsonl)"
@@ -554,9 +625,13 @@ def _log_device() -> None:
                                        migs))
 
 
-def training_arguments(config: RunConfig, run_dir: Path, device: str, precision: str, *, has_val: bool):
-    """The TrainingArguments for a run: the Trainer does accumulation, precision, schedule, checkpoints."""
+def training_arguments(config: RunConfig, run_dir: Path, device: str, precision: str, *, has_val: bool,
+                       distributed: bool = False):
+    """The TrainingArguments for a run: the Trainer does accumulation, precision, schedule, checkpoints, and (under
+    torchrun, `distributed`) DDP over the process group."""
     from transformers import TrainingArguments
+
+    from core.training.distributed import DDP_TIMEOUT_SECONDS
 
     t = config.train
     evaluate_every = has_val and t.eval_steps > 0
@@ -586,6 +661,12 @@ def training_arguments(config: RunConfig, run_dir: Path, device: str, precision:
             label_names=["labels"],
             report_to="none", disable_tqdm=True,
             dataloader_pin_memory=device.startswith("cuda"), dataloader_num_workers=0,
+            # gloo on the CPU (accelerate would pick MPI where torch has it), nccl on CUDA (accelerate's default).
+            ddp_backend=("gloo" if device == "cpu" else None) if distributed else None,
+            ddp_timeout=DDP_TIMEOUT_SECONDS,
+            # LoRA/freeze leave most parameters without gradients: DDP must not wait for them. Every trainable one
+            # gets a gradient each step, so the (costly) unused-parameter search stays off.
+            ddp_find_unused_parameters=False if distributed else None,
         )
     except ValueError as exc:
         text = str(exc)
@@ -610,6 +691,12 @@ def _accuracy(eval_pred) -> dict:
 
 
 # ---------------------------------------------------------------- failures
+
+def _collective_failure(exc: BaseException) -> bool:
+    from core.training.distributed import is_collective_failure
+
+    return is_collective_failure(exc)
+
 
 def _is_oom(exc: BaseException) -> bool:
     from core.training.gpu import is_cuda_oom

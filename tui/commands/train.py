@@ -30,6 +30,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--strict", action="store_true",
                         help="refuse to start when the memory estimate says the run will not fit")
     parser.add_argument("--output-dir", metavar="DIR", help="where the run folder is created (overrides output.dir)")
+    parser.add_argument("--nproc", type=int, metavar="N",
+                        help="train with N processes (one GPU each; on a CPU-only box N CPU processes) through "
+                             "torch.distributed.run; under torchrun itself this is not needed")
+    parser.add_argument("--gpus", metavar="LIST",
+                        help="the GPUs to train on, as nvidia-smi numbers them (e.g. 0,2,3): sets "
+                             "CUDA_VISIBLE_DEVICES and one process per GPU")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -42,6 +48,11 @@ def run(args: argparse.Namespace) -> int:
     config = _load_config(args, cfg)
     if args.output_dir:
         config = replace(config, output=replace(config.output, dir=args.output_dir))
+    nproc, gpus = _processes(args)
+    if nproc is not None and nproc > 1:
+        return _launch(args, config, nproc, gpus)
+    if gpus is not None:  # one GPU picked: this process trains on it (before anything imports torch)
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
     control = RunControl()
     display = _Display()
     stopper = _SignalStopper(control, display)
@@ -51,6 +62,62 @@ def run(args: argparse.Namespace) -> int:
     with stopper, display:
         outcome = run_engine(config, display.on_event, control, resume_from=args.resume, strict=args.strict)
     return display.exit_code(outcome, stopper.signal_number)
+
+
+def _processes(args) -> tuple[int | None, list[str] | None]:
+    """(processes to launch, GPUs to show them) from --nproc/--gpus; (None, None) under torchrun, which already
+    made this process one rank of its group."""
+    from core.launch import parse_gpus, under_torchrun
+
+    if args.nproc is None and args.gpus is None:
+        return None, None
+    if under_torchrun():
+        return None, None  # launched by torchrun: this is one rank; never launch a group from a rank
+    gpus = parse_gpus(args.gpus) if args.gpus is not None else None
+    nproc = args.nproc if args.nproc is not None else len(gpus)
+    if nproc < 1:
+        raise TuneError(f"--nproc {nproc}: at least one process is needed", "--nproc", "Use --nproc 2 or more")
+    if gpus is not None and nproc != len(gpus):
+        raise TuneError(f"--nproc {nproc} but --gpus names {len(gpus)} GPU(s)", "--nproc",
+                        "Give one of them (one process per GPU), or make them agree")
+    return nproc, gpus
+
+
+def _launch(args, config, nproc: int, gpus: list[str] | None) -> int:
+    """Make the run folder here, then start the group (core.launch); every rank trains in it."""
+    from core import config as cfg
+    from core import rundir
+    from core.launch import launch
+    from core.terminal import safe_print
+
+    cfg.validate(config)  # a bad config fails here, once, not in every rank
+    if args.resume:
+        run_dir = Path(args.resume).expanduser().resolve()
+        rundir.load_run_config(run_dir)
+        if rundir.is_running(run_dir):
+            raise TuneError(f"The run in {run_dir} is still running", "--resume",
+                            "Stop it first (tunetui stop RUN_DIR), then resume")
+        if rundir.latest_checkpoint(run_dir) is None:
+            raise TuneError(f"The run in {run_dir} has no checkpoint to resume from", "--resume",
+                            "Start it again as a new run")
+    else:
+        run_dir = rundir.new_run_dir(config.output.dir, config).resolve()
+    worker_args = []
+    if args.config:
+        worker_args.append(str(Path(args.config).expanduser().resolve()))
+    for override in args.overrides:
+        worker_args += ["--set", override]
+    if args.resume:
+        worker_args += ["--resume", str(run_dir)]
+    if args.strict:
+        worker_args.append("--strict")
+    if args.output_dir:
+        worker_args += ["--output-dir", args.output_dir]
+    where = f" on GPUs {','.join(gpus)}" if gpus else ""
+    safe_print(f"tunetui train: {nproc} processes{where} (torch.distributed.run); run folder: {run_dir}",
+               file=sys.stderr)
+    return launch(worker_args, nproc, run_dir, gpus=gpus,
+                  note=lambda text: safe_print(f"tunetui train: {text}", file=sys.stderr))
 
 
 def _load_config(args, cfg):
@@ -151,6 +218,8 @@ class _Display:
         self.run_dir = e.run_dir
         verb = f"resuming from {e.resumed_from}" if e.resumed_from else "run folder"
         self.note(f"[bold]tunetui train[/] {verb}: {e.run_dir}")
+        if e.world_size > 1:
+            self.note(f"{e.world_size} processes, global batch {e.global_batch_size}")
 
     def _on_PhaseChanged(self, e):
         if e.phase == "training":
@@ -272,7 +341,8 @@ class _Display:
         event = outcome.event
         if type(event).__name__ == "RunFailed":
             if event.kind == "user_error":
-                print(f"tunetui train: {event.message}", file=sys.stderr)
+                if os.environ.get("RANK", "0") in ("", "0"):  # under torchrun, rank 0 says it once for all
+                    print(f"tunetui train: {event.message}", file=sys.stderr)
                 return 2
             return 1
         if event.stopped and signal_number is not None:
