@@ -173,7 +173,15 @@ class ReviewScreen(SetupScreen):
 
     def on_screen_resume(self) -> None:
         # (SetupScreen's _on_screen_resume has redrawn the draft already.) Launch has focus on arrival, so Enter-Enter-Enter-Enter from the Model screen trains the demo.
-        self.query_one("#launch", Button).focus()
+        self._focus_launch()
+
+    def _focus_launch(self) -> None:
+        launch = self.query_one("#launch", Button)
+        if launch.disabled:
+            # Nothing focused, so Enter reaches the screen's launch (which says why not) rather than, say, Save.
+            self.set_focus(None)
+        else:
+            launch.focus()
 
     @property
     def error_box(self) -> Static:
@@ -186,7 +194,11 @@ class ReviewScreen(SetupScreen):
                    f"Launch waits until you fix the file and reload it (ctrl+r), or edit or save this draft. {error}"
                    if error else "")
         box.display = bool(error)
-        self.query_one("#launch", Button).disabled = bool(error)
+        launch = self.query_one("#launch", Button)
+        if launch.disabled != bool(error):
+            launch.disabled = bool(error)
+            if self.is_current:
+                self.call_after_refresh(self._focus_launch)
         self.refresh_bindings()
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:

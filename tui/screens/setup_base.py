@@ -113,6 +113,10 @@ class SetupScreen(Screen):
     def on_config_changed(self, message: Any) -> None:
         if not self.is_current:
             return  # hidden: on_screen_resume redraws if the draft changed meanwhile (keeps key presses cheap)
+        if message.config is not self.app.config:
+            # Stale: edits made since (several fields changed before this message came) have their own message
+            # on the way. Redrawing from this one would write older values back into the fields just edited.
+            return
         self._show(message.config, from_self=message.config is self._own_config)
 
     def _show(self, config: RunConfig, from_self: bool) -> None:
@@ -211,7 +215,7 @@ def planned_free_gib(app: Any) -> float | None:
     return snapshot.free_gib() if snapshot is not None else None
 
 
-MIN_TRAIN_ROWS = 32
+MIN_TRAIN_ROWS = 8
 """Fewer training rows than this left after the validation split: say so."""
 MAX_VAL_SHARE = 0.2
 """A validation split above this share of the rows: say so."""
@@ -223,14 +227,18 @@ def val_split_warning(rows: int, val_size: float) -> str | None:
     if not val_size or rows <= 0:
         return None
     count = int(val_size) if val_size >= 1 else round(rows * val_size)
-    left = rows - count
-    if count / rows <= MAX_VAL_SHARE and left >= MIN_TRAIN_ROWS:
+    if not _val_split_bad(rows, count):
         return None
     suggested = round(rows * 0.1)
-    fix = (f"Try {suggested} (10%), or 0 for no validation." if suggested >= 1 and rows - suggested >= 1 else
-           "Use 0 (no validation): there are too few rows to split.")
+    fix = (f"Try {suggested} (10%), or 0 for no validation." if suggested >= 1 and not _val_split_bad(rows, suggested)
+           else "Use 0 (no validation): there are too few rows to split.")
+    left = rows - count
     trains = "nothing" if left <= 0 else f"only {left:,}"
     return f"⚠ Val split {val_size:g} takes {min(count, rows):,} of {rows:,} rows and leaves {trains} to train. {fix}"
+
+
+def _val_split_bad(rows: int, count: int) -> bool:
+    return count / rows > MAX_VAL_SHARE or rows - count < MIN_TRAIN_ROWS
 
 
 def human_count(n: int | None) -> str:
