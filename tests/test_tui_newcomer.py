@@ -227,3 +227,52 @@ async def test_the_file_tree_goes_up_a_folder():
         await wait_for(pilot, lambda: Path(tree.path).resolve() == start.parent, what="the parent folder")
         await wait_for(pilot, lambda: any(getattr(n.data, "path", None) and Path(n.data.path).name == start.name
                                           for n in tree.root.children), what="the old folder listed")
+
+
+async def test_the_up_line_above_the_tree_goes_up_too():
+    app = make_app(start_screen="data")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        tree = app.screen.query_one("#data-tree")
+        start = Path(tree.path).resolve()
+        await pilot.click("#data-up")
+        await wait_for(pilot, lambda: Path(tree.path).resolve() == start.parent, what="the parent folder")
+
+
+async def test_the_preview_lights_the_trained_tokens_and_dims_the_masked_prompt():
+    """In the picture the user sees (the exported screen), the response the loss trains on is bold on a tinted
+    background and the masked prompt is darker than plain text; the legend names both."""
+    import re
+
+    app = make_app(start_screen="data")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        svg = app.export_screenshot()
+    styles = dict(re.findall(r"\.terminal-\d+-(r\d+) \{([^}]*)\}", svg))
+
+    def text_at(start: str) -> tuple[str, float, float]:
+        found = re.search(r'<text class="terminal-\d+-(r\d+)" x="([\d.]+)" y="([\d.]+)"[^>]*>' + re.escape(start),
+                          svg)
+        assert found, start
+        return styles[found.group(1)], float(found.group(2)), float(found.group(3))
+
+    def style_of(start: str) -> str:
+        return text_at(start)[0]
+
+    def background_of(start: str) -> str:
+        """The fill of the cell rectangle under the text's first cell (the row's rect just above the baseline)."""
+        _, x, y = text_at(start)
+        rects = [(float(ry), fill) for fill, rx, ry in re.findall(
+            r'<rect fill="(#[0-9a-f]{6})" x="([\d.]+)" y="([\d.]+)"', svg) if float(rx) == x and float(ry) < y]
+        return max(rects)[1]
+
+    def brightness(style: str) -> int:
+        rgb = re.search(r"fill: #([0-9a-f]{6})", style).group(1)
+        return sum(int(rgb[i:i + 2], 16) for i in (0, 2, 4))
+
+    plain, legend_trained = style_of("999&#160;rows"), style_of("trained&#160;on")
+    trained, prompt = style_of("Making&#160;crepes"), style_of("Describe&#160;a&#160;process")
+    assert trained == legend_trained and "bold" in trained
+    assert style_of("prompt:&#160;masked") == prompt
+    assert brightness(prompt) < brightness(plain)
+    assert background_of("Making&#160;crepes") != background_of("Describe&#160;a&#160;process")

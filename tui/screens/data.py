@@ -35,7 +35,7 @@ TEXT_FIELDS = {"data-text-column": "data.text_column", "data-label-column": "dat
 
 # The trained-on tokens (the ones the loss sees) stand out; the masked prompt recedes.
 TRAINED_STYLE = "bold $text-success on $success-muted"
-PROMPT_STYLE = "$text-disabled"
+PROMPT_STYLE = "dim"  # ($text-muted inside Content comes out brighter than plain text)
 
 
 class DataTree(DirectoryTree):
@@ -51,6 +51,13 @@ class DataTree(DirectoryTree):
     def filter_paths(self, paths: Iterable[Path]) -> Iterable[Path]:
         return [p for p in paths if not p.name.startswith(".")
                 and (p.is_dir() or p.suffix.lower() in DATA_SUFFIXES)]
+
+
+class UpLink(Static):
+    """The ".." line above the tree: a click moves the tree up a folder (backspace does, in the tree)."""
+
+    def on_click(self) -> None:
+        self.screen.query_one(DataTree).action_up()
 
 
 class DataScreen(SetupScreen):
@@ -77,7 +84,9 @@ class DataScreen(SetupScreen):
 
     def compose_body(self) -> ComposeResult:
         with Horizontal(id="data-body"):
-            yield DataTree(Path.cwd(), id="data-tree")
+            with Vertical(id="data-left"):
+                yield UpLink("⬑ .. up a folder", id="data-up")
+                yield DataTree(Path.cwd(), id="data-tree")
             with Vertical(id="data-right"):
                 with Horizontal(classes="form-row"):
                     yield Static("Data", classes="label-short")

@@ -367,7 +367,7 @@ class MethodScreen(SetupScreen):
                 if rec.no_gpu:  # without a GPU the verdict is about training on this CPU
                     word = "CPU: ok" if rec.fit.get(method) == "fits" else "CPU: too big"
                 lines.append(Content.styled(word, f"bold {style}"))
-        lines += [Content(""), Content.styled(TRADE_OFFS[method], "$text-muted")]
+        lines += [Content(""), Content.styled(TRADE_OFFS[method], "dim")]
         update_if_changed(card, Content("\n").join(lines), layout=False)  # cards have a fixed size
 
     def _show_breakdown(self, e: Any) -> None:
@@ -385,7 +385,7 @@ class MethodScreen(SetupScreen):
         share = e.trainable_params / e.total_params if e.total_params else 0.0
         lines += [Content(""), Content(f"trains {human_count(e.trainable_params)} of {human_count(e.total_params)} "
                                        f"weights ({share:.1%})")]
-        lines += [Content.styled(f"• {note}", "$text-muted") for note in e.notes]
+        lines += [Content.styled(f"• {note}", "dim") for note in e.notes]
         update_if_changed(box, Content("\n").join(lines))
 
     def _show_suggestions(self, rec: Any) -> None:
