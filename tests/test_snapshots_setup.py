@@ -1,7 +1,7 @@
 """Snapshots of the set-up screens (Model, Method, Data, Review) at 80x24 and 160x48 on scripted machines.
 
 The machines: no GPU, one 24 GiB GPU, two 80 GiB GPUs. Besides each screen as it opens on the demo, a few states a
-newcomer meets: Freeze and QLoRA chosen, a GPU planned for, a small classification CSV whose carried-over val split
+newcomer meets: Freeze and QLoRA chosen, a GPU planned for, an 8B model on a machine without a GPU, a small classification CSV whose carried-over val split
 is too big, and a config file that failed to load. Regenerate with `--snapshot-update`, then look at the SVGs
 before committing.
 """
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers_setup import isolate, make_app, settle
+from helpers_setup import isolate, make_app, settle, write_big_model
 
 SMALL, WIDE = (80, 24), (160, 48)
 
@@ -24,7 +24,7 @@ CASES = [
     ("data", SMALL, "24", ""), ("data", WIDE, "2x80", ""),
     ("review", SMALL, "2x80", ""), ("review", WIDE, "none", ""),
     # States worth seeing.
-    ("method", SMALL, "none", "freeze"), ("method", SMALL, "none", "plan-24"),
+    ("method", SMALL, "none", "freeze"), ("method", SMALL, "none", "plan-24"), ("method", SMALL, "none", "8b"),
     ("data", SMALL, "none", "small-csv"), ("data", WIDE, "none", "small-csv"),
     ("review", SMALL, "24", "qlora"),
     ("review", SMALL, "none", "broken-config"), ("review", WIDE, "24", "broken-config"),
@@ -47,6 +47,8 @@ def build(screen: str, gpus: str, variant: str):
                          for i in range(20))
         Path("small.csv").write_text("text,label\n" + rows + "\n")
         config = replace(config, data=replace(config.data, path="small.csv"))
+    if variant == "8b":
+        config = replace(config, model=replace(config.model, name_or_path=str(write_big_model(Path("llama-8b")))))
     if variant == "broken-config":
         Path("typo.yaml").write_text("model:\n  name_or_path: demo:tiny-llama\ntrain:\n  batchsize: 8\n")
         return make_app(gpus=gpus, start_screen=screen, config_path="typo.yaml")

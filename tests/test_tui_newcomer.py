@@ -276,3 +276,26 @@ async def test_the_preview_lights_the_trained_tokens_and_dims_the_masked_prompt(
     assert style_of("prompt:&#160;masked") == prompt
     assert brightness(prompt) < brightness(plain)
     assert background_of("Making&#160;crepes") != background_of("Describe&#160;a&#160;process")
+
+
+async def test_review_repeats_the_val_split_warning():
+    write_alpaca(Path("small.json"), 20)
+    app = make_app(start_screen="data")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        screen = app.screen
+        screen.query_one("#data-path").value = "small.json"
+        await pilot.press("slash", "enter")
+        await wait_for(pilot, lambda: app.dataset_rows == 20, what="the small file's rows")
+        await pilot.press("escape", "4")
+        await wait_for(pilot, lambda: app.current_mode == "review", what="Review")
+        await pilot.pause()
+        assert "leaves only 4 to train" in flat(app) and "Change it on Data (3)" in flat(app)
+        assert app.screen.query_one("#review-warning").display
+        await pilot.press("3")
+        screen.query_one("#data-val-size").value = "0"
+        await wait_for(pilot, lambda: app.config.data.val_size == 0, what="no validation")
+        await pilot.press("escape", "4")
+        await wait_for(pilot, lambda: app.current_mode == "review", what="Review")
+        await pilot.pause()
+        assert not app.screen.query_one("#review-warning").display

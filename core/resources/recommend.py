@@ -173,13 +173,12 @@ def _no_gpu(shape: ModelShape, estimates: dict[str, Estimate], large: bool,
             if method == "lora":
                 reason += _others_than_lora(peak, settings)
     else:
-        reason = (f"No NVIDIA GPU found, and a {params}-parameter model is too big to train on a CPU (small models "
-                  f"only, up to about {count_text(CPU_MAX_PARAMS)}), so this plans for a GPU: {_needs(estimates)} "
-                  "GiB. ")
+        reason = (f"No NVIDIA GPU found, and a {params}-parameter model is too big to train on a CPU (up to about "
+                  f"{count_text(CPU_MAX_PARAMS)}), so this plans for a GPU: {_needs(estimates)} GiB. ")
         card = _card(peak[method])
         reason += (f"{NAMES[method]} would fit a GPU with {card} GiB" if card else
-                   f"{NAMES[method]} needs more than any single GPU") + "; it trains small adapters on a full-" \
-            "precision base, close to full fine-tuning in quality." + _others_than_lora(peak, settings)
+                   f"{NAMES[method]} needs more than any single GPU") + " and is close to full fine-tuning in quality."
+        reason += _others_than_lora(peak, settings)
     fit = {m: "fits" if small_model else "no" for m in METHODS}
     return Recommendation(method=method, reason=reason, fit=fit, estimates=estimates, suggestions=(), free_gib=None,
                           no_gpu=True)

@@ -367,7 +367,7 @@ class MethodScreen(SetupScreen):
                 if rec.no_gpu:  # without a GPU the verdict is about training on this CPU
                     word = "CPU: ok" if rec.fit.get(method) == "fits" else "CPU: too big"
                 lines.append(Content.styled(word, f"bold {style}"))
-        lines += [Content(""), Content.styled(TRADE_OFFS[method], "dim")]
+        lines.append(Content.styled(TRADE_OFFS[method], "dim"))
         update_if_changed(card, Content("\n").join(lines), layout=False)  # cards have a fixed size
 
     def _show_breakdown(self, e: Any) -> None:

@@ -22,7 +22,7 @@ from textual.worker import Worker, WorkerState
 from core.config import RunConfig, dump_yaml, load, save, to_dict
 from core.errors import TuneError
 from tui.screens.setup_base import (SetupScreen, get_value, parse_number, planned_free_gib, planned_gib,
-                                    update_if_changed)
+                                    update_if_changed, val_split_warning)
 
 # widget id -> dotted key; numbers are read like YAML values, text fields are kept as typed
 NUMBER_FIELDS = {
@@ -117,6 +117,7 @@ class ReviewScreen(SetupScreen):
     def compose_body(self) -> ComposeResult:
         yield Static(id="review-config-error", classes="error", markup=False)
         yield Static(id="review-summary")
+        yield Static(id="review-warning", markup=False)
         with Horizontal(id="review-body"):
             with VerticalScroll(id="review-form", can_focus=False):
                 for wid, label, hint in FORM_ROWS:
@@ -297,6 +298,11 @@ class ReviewScreen(SetupScreen):
             Content.assemble(("Train  ", "dim"), f"{steps}, {t.batch_size * t.grad_accum} per step"),
         ]
         lines.append(self._memory_line(config))
+        # The split may have come with another dataset: say so where the run is launched too.
+        advice = val_split_warning(rows, d.val_size) if rows and not d.val_path else None
+        warning = self.query_one("#review-warning", Static)
+        update_if_changed(warning, f"{advice} Change it on Data (3)." if advice else "")
+        warning.display = bool(advice)
         update_if_changed(box, Content("\n").join(lines))
 
     def _memory_line(self, config: RunConfig) -> Content:
