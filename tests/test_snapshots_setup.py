@@ -1,9 +1,9 @@
 """Snapshots of the set-up screens (Model, Method, Data, Review) at 80x24 and 160x48 on scripted machines.
 
 The machines: no GPU, one 24 GiB GPU, two 80 GiB GPUs. Besides each screen as it opens on the demo, a few states a
-newcomer meets: Freeze and QLoRA chosen, a GPU planned for, an 8B model on a machine without a GPU, a small classification CSV whose carried-over val split
-is too big, and a config file that failed to load. Regenerate with `--snapshot-update`, then look at the SVGs
-before committing.
+newcomer meets: Freeze and QLoRA chosen, a GPU planned for, an 8B model on a machine without a GPU, a small
+classification CSV whose carried-over val split is too big, and a config file that failed to load. Regenerate with
+`--snapshot-update`, then look at the SVGs before committing.
 """
 from __future__ import annotations
 

@@ -159,7 +159,8 @@ def _no_gpu(shape: ModelShape, estimates: dict[str, Estimate], large: bool,
     peak = {m: e.peak_gib for m, e in estimates.items()}
     params = count_text(shape.total_params)
     if small_model:
-        reason = f"No NVIDIA GPU found, so training runs on the CPU: fine for a model this small ({params} parameters). "
+        reason = (f"No NVIDIA GPU found, so training runs on the CPU: fine for a model this small ({params} "
+                  "parameters). ")
         if max(peak.values()) - min(peak.values()) <= max(0.1, 0.1 * max(peak.values())):
             # The memory is the same for all four: say what does differ.
             reason += f"All four need about {peak[method]:.1f} GiB, so memory decides nothing: "

@@ -190,17 +190,20 @@ class MethodScreen(SetupScreen):
         """GiB per GPU to plan for instead of this machine's GPU: moves the fit words and the recommendation only
         (the run config does not change; `tunetui estimate --vram` is the same on the command line)."""
         event.stop()
-        text = event.value.strip()
+        self._apply_plan(event.input)
+
+    def _apply_plan(self, field: Input) -> None:
+        text = field.value.strip()
         value = parse_number(text)
         errors = self._field_errors.setdefault(id(self.error_box), {})
         if text and (not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0):
-            event.input.add_class("-invalid")
-            errors[id(event.input)] = (f"Plan for: {text!r} is not a memory size. Type the GPU's free memory in "
-                                       "GiB (e.g. 24), or leave it blank to plan for this machine.")
-            self._show_errors(self.error_box, errors, errors[id(event.input)])
+            field.add_class("-invalid")
+            errors[id(field)] = (f"Plan for: {text!r} is not a memory size. Type the GPU's free memory in GiB "
+                                 "(e.g. 24), or leave it blank to plan for this machine.")
+            self._show_errors(self.error_box, errors, errors[id(field)])
             return
-        event.input.remove_class("-invalid")
-        errors.pop(id(event.input), None)
+        field.remove_class("-invalid")
+        errors.pop(id(field), None)
         self._show_errors(self.error_box, errors, None)
         self.app.plan_vram_gib = float(value) if text else None
         self.refresh_estimates()
@@ -254,6 +257,9 @@ class MethodScreen(SetupScreen):
         """Set every field from `config` (the draft changed elsewhere or the screen was just built)."""
         m = config.method
         self.forget_errors(self.error_box)
+        plan = self.query_one("#plan-gib", Input)
+        if plan.has_class("-invalid"):  # not a config field: its problem outlives a redraw from the draft
+            self._apply_plan(plan)
         for wid, key in TEXT_FIELDS.items():
             field = self.query_one(f"#{wid}", Input)
             field.remove_class("-invalid")

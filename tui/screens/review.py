@@ -173,7 +173,8 @@ class ReviewScreen(SetupScreen):
         self._show_config_error()
 
     def on_screen_resume(self) -> None:
-        # (SetupScreen's _on_screen_resume has redrawn the draft already.) Launch has focus on arrival, so Enter-Enter-Enter-Enter from the Model screen trains the demo.
+        # (SetupScreen's _on_screen_resume has redrawn the draft already.) Launch has focus on arrival, so
+        # Enter-Enter-Enter-Enter from the Model screen trains the demo.
         self._focus_launch()
 
     def _focus_launch(self) -> None:
