@@ -61,7 +61,7 @@ def recommend(shape: ModelShape, settings: EstimateSettings, free_gib: float | N
     large = dataset_rows is not None and dataset_rows >= LARGE_DATA_ROWS
     small = dataset_rows is not None and dataset_rows < SMALL_DATA_ROWS
     if free_gib is None:
-        return _no_gpu(shape, estimates, large)
+        return _no_gpu(shape, estimates, large, settings)
 
     fit = {m: fit_of(peak[m], free_gib) for m in METHODS}
     free = f"{free_gib:.1f} GiB free"
@@ -85,10 +85,15 @@ def recommend(shape: ModelShape, settings: EstimateSettings, free_gib: float | N
         if fit["full"] == "fits" and not large:
             reason += (" Full fine-tuning would fit too; it pays off with large datasets"
                        + (f" (this one has {rows})." if rows else "."))
+        reason += _others_than_lora(peak, settings)
     elif fit["qlora"] == "fits":
         method = "qlora"
         reason = (f"Memory is tight: LoRA needs {peak['lora']:.1f} GiB and {free}; QLoRA keeps the base model "
-                  f"in {settings.quant_bits} bits and needs {peak['qlora']:.1f} GiB.")
+                  f"in {settings.quant_bits} bits and needs {peak['qlora']:.1f} GiB, at some cost in quality and "
+                  "speed.")
+        if fit["freeze"] == "fits":
+            reason += (f" Freeze ({peak['freeze']:.1f} GiB) would fit too but trains only "
+                       f"{_blocks(settings)}.")
     elif fit["freeze"] == "fits":
         method = "freeze"
         reason = (f"Only Freeze fits ({peak['freeze']:.1f} of {free}): LoRA needs {peak['lora']:.1f} GiB and "
@@ -147,24 +152,66 @@ def _better_methods(method: str, large: bool, fit: dict[str, str]) -> list[str]:
     return [m for m in wanted if m != method and fit[m] != "fits"]
 
 
-def _no_gpu(shape: ModelShape, estimates: dict[str, Estimate], large: bool) -> Recommendation:
+def _no_gpu(shape: ModelShape, estimates: dict[str, Estimate], large: bool,
+            settings: EstimateSettings) -> Recommendation:
     small_model = shape.total_params <= CPU_MAX_PARAMS
     method = "full" if large and small_model else "lora"
-    need = ", ".join(f"{NAMES[m]} {e.peak_gib:.1f}" for m, e in estimates.items())
-    card = next((c for c in CARD_SIZES_GIB if estimates[method].peak_gib <= FIT_FRACTION * c), None)
-    on_gpu = f"On a GPU these settings need about (GiB): {need}"
-    on_gpu += f"; {NAMES[method]} would fit a GPU with {card} GiB." if card else "."
+    peak = {m: e.peak_gib for m, e in estimates.items()}
     params = count_text(shape.total_params)
     if small_model:
-        reason = (f"No NVIDIA GPU found, so training runs on the CPU: fine for a small model like this one "
-                  f"({params} parameters), slow beyond about {count_text(CPU_MAX_PARAMS)}. {NAMES[method]} is the "
-                  f"choice here. {on_gpu}")
+        reason = (f"No NVIDIA GPU found, so training runs on the CPU: fine for a model this small ({params} "
+                  "parameters). ")
+        if max(peak.values()) - min(peak.values()) <= max(0.1, 0.1 * max(peak.values())):
+            # The memory is the same for all four: say what does differ.
+            reason += f"All four need about {peak[method]:.1f} GiB, so memory decides nothing: "
+            reason += ("Full updates every weight and this dataset is large enough for it." if method == "full" else
+                       f"LoRA trains {_share(estimates['lora'])} of the weights at close to full quality and saves "
+                       "a small adapter; Full pays off only with big datasets.")
+        else:
+            reason += (f"On a GPU: {_needs(estimates)} GiB; "
+                       + (f"{NAMES[method]} would fit a GPU with {_card(peak[method])} GiB." if _card(peak[method])
+                          else f"{NAMES[method]} needs more than any single GPU."))
+            if method == "lora":
+                reason += _others_than_lora(peak, settings)
     else:
-        reason = (f"No NVIDIA GPU found, and a {params}-parameter model is too big to train on a CPU (small models "
-                  f"only, up to about {count_text(CPU_MAX_PARAMS)}). {on_gpu}")
+        reason = (f"No NVIDIA GPU found, and a {params}-parameter model is too big to train on a CPU (up to about "
+                  f"{count_text(CPU_MAX_PARAMS)}), so this plans for a GPU: {_needs(estimates)} GiB. ")
+        card = _card(peak[method])
+        reason += (f"{NAMES[method]} would fit a GPU with {card} GiB" if card else
+                   f"{NAMES[method]} needs more than any single GPU") + " and is close to full fine-tuning in quality."
+        reason += _others_than_lora(peak, settings)
     fit = {m: "fits" if small_model else "no" for m in METHODS}
     return Recommendation(method=method, reason=reason, fit=fit, estimates=estimates, suggestions=(), free_gib=None,
                           no_gpu=True)
+
+
+def _needs(estimates: dict[str, Estimate]) -> str:
+    return ", ".join(f"{NAMES[m]} {e.peak_gib:.1f}" for m, e in estimates.items())
+
+
+def _card(peak_gib: float) -> int | None:
+    """The smallest common GPU size that holds `peak_gib` with the safety margin."""
+    return next((c for c in CARD_SIZES_GIB if peak_gib <= FIT_FRACTION * c), None)
+
+
+def _share(e: Estimate) -> str:
+    return f"{e.trainable_params / max(e.total_params, 1) * 100:.2g}%"
+
+
+def _blocks(settings: EstimateSettings) -> str:
+    n = abs(settings.trainable_layers)
+    return f"the {'top' if settings.trainable_layers > 0 else 'bottom'} {n} block{'s' if n != 1 else ''}"
+
+
+def _others_than_lora(peak: dict[str, float], settings: EstimateSettings) -> str:
+    """Why LoRA over the cheaper methods, in one sentence: what QLoRA and Freeze save and what they cost."""
+    parts = []
+    if peak["qlora"] < 0.9 * peak["lora"]:
+        parts.append(f"QLoRA needs less ({peak['qlora']:.1f} GiB) but its {settings.quant_bits}-bit base costs "
+                     "some quality and speed")
+    if peak["freeze"] < 0.9 * peak["lora"]:
+        parts.append(f"Freeze ({peak['freeze']:.1f} GiB) trains only {_blocks(settings)} and learns less")
+    return (" " + "; ".join(parts) + ".") if parts else ""
 
 
 # ------------------------------------------------------------------ what would make a method fit

@@ -17,29 +17,47 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.content import Content
 from textual.timer import Timer
-from textual.widgets import DirectoryTree, Input, Select, Static
+from textual.widgets import Collapsible, DirectoryTree, Input, Select, Static
 from textual.worker import Worker, WorkerState
 
 from core.config import FORMATS, RunConfig
 from core.errors import TuneError
-from tui.screens.setup_base import SetupScreen, human_count, parse_number
+from tui.screens.setup_base import SetupScreen, get_value, human_count, parse_number, val_split_warning
 
 PREVIEW_EXAMPLES = 3
 PREVIEW_HEAD_LINES, PREVIEW_TAIL_LINES = 8, 3
 PREVIEW_DELAY_SECONDS = 0.3
 """Wait this long after the last keystroke before tokenizing again."""
 DATA_SUFFIXES = {".json", ".jsonl", ".csv", ".tsv", ".parquet", ".txt", ".arrow"}
+TEXT_FIELDS = {"data-text-column": "data.text_column", "data-label-column": "data.label_column",
+               "data-system-prompt": "data.system_prompt", "data-val-path": "data.val_path"}
+"""Advanced fields kept as typed (blank: unset)."""
 
-TRAINED_STYLE = "bold $text-success"
-PROMPT_STYLE = "$text-muted"
+# The trained-on tokens (the ones the loss sees) stand out; the masked prompt recedes.
+TRAINED_STYLE = "bold $text-success on $success-muted"
+PROMPT_STYLE = "dim"  # ($text-muted inside Content comes out brighter than plain text)
 
 
 class DataTree(DirectoryTree):
-    """Folders and data files only; hidden entries left out."""
+    """Folders and data files only; hidden entries left out. Backspace moves the root up a folder."""
+
+    BINDINGS = [Binding("backspace", "up", "Up a folder")]
+
+    def action_up(self) -> None:
+        parent = Path(self.path).resolve().parent
+        if parent != Path(self.path).resolve():
+            self.path = parent
 
     def filter_paths(self, paths: Iterable[Path]) -> Iterable[Path]:
         return [p for p in paths if not p.name.startswith(".")
                 and (p.is_dir() or p.suffix.lower() in DATA_SUFFIXES)]
+
+
+class UpLink(Static):
+    """The ".." line above the tree: a click moves the tree up a folder (backspace does, in the tree)."""
+
+    def on_click(self) -> None:
+        self.screen.query_one(DataTree).action_up()
 
 
 class DataScreen(SetupScreen):
@@ -66,7 +84,9 @@ class DataScreen(SetupScreen):
 
     def compose_body(self) -> ComposeResult:
         with Horizontal(id="data-body"):
-            yield DataTree(Path.cwd(), id="data-tree")
+            with Vertical(id="data-left"):
+                yield UpLink("⬑ .. up a folder", id="data-up")
+                yield DataTree(Path.cwd(), id="data-tree")
             with Vertical(id="data-right"):
                 with Horizontal(classes="form-row"):
                     yield Static("Data", classes="label-short")
@@ -74,7 +94,8 @@ class DataScreen(SetupScreen):
                                 compact=True)
                 with Horizontal(classes="form-row"):
                     yield Static("Format", classes="label-short")
-                    yield Select([(f, f) for f in FORMATS], id="data-format", allow_blank=False, compact=True)
+                    yield Select([(f, f) for f in FORMATS], id="data-format", value=self.app.config.data.format,
+                                 allow_blank=False, compact=True)
                     yield Static(id="data-detected", classes="hint", markup=False)
                 with Horizontal(classes="form-row"):
                     yield Static("Max len", classes="label-short")
@@ -82,6 +103,22 @@ class DataScreen(SetupScreen):
                     yield Static("Val split", classes="label-short")
                     yield Input(id="data-val-size", compact=True, classes="number")
                     yield Static(id="data-val-rows", classes="hint", markup=False)
+                yield Static(id="data-val-warning", markup=False)
+                with Collapsible(title="Advanced: columns, system prompt, validation file", collapsed=True,
+                                 id="data-advanced"):
+                    with Horizontal(classes="form-row"):
+                        yield Static("Text col", classes="label-short")
+                        yield Input(id="data-text-column", placeholder="detected", compact=True, classes="data-text")
+                        yield Static("Label col", classes="label-short")
+                        yield Input(id="data-label-column", placeholder="detected", compact=True, classes="data-text")
+                    with Horizontal(classes="form-row"):
+                        yield Static("System", classes="label-short")
+                        yield Input(id="data-system-prompt", placeholder="system prompt when a row has none",
+                                    compact=True, classes="data-text")
+                    with Horizontal(classes="form-row"):
+                        yield Static("Val file", classes="label-short")
+                        yield Input(id="data-val-path", placeholder="none: Val split is cut off the data",
+                                    compact=True, classes="data-text")
                 yield Static(id="data-error", classes="error", markup=False)
                 yield Static(id="data-stats", markup=False)
                 with VerticalScroll(id="data-preview"):
@@ -127,6 +164,11 @@ class DataScreen(SetupScreen):
     def _val_size_changed(self, event: Input.Changed) -> None:
         self.apply({"data.val_size": parse_number(event.value)}, self.error_box, event.input)
 
+    @on(Input.Changed, ".data-text")
+    def _text_changed(self, event: Input.Changed) -> None:
+        # Blank means "not set" (None): detected columns, no system prompt, no validation file.
+        self.apply({TEXT_FIELDS[event.input.id]: event.value.strip() or None}, self.error_box, event.input)
+
     @on(Select.Changed, "#data-format")
     def _format_changed(self, event: Select.Changed) -> None:
         if event.value is not Select.NULL:
@@ -136,8 +178,9 @@ class DataScreen(SetupScreen):
         d = config.data
         if not from_self:
             self.forget_errors(self.error_box)
+            texts = {wid: get_value(config, key) or "" for wid, key in TEXT_FIELDS.items()}
             for wid, value in (("data-path", d.path), ("data-max-length", str(d.max_length)),
-                               ("data-val-size", _number_text(d.val_size))):
+                               ("data-val-size", _number_text(d.val_size)), *texts.items()):
                 field = self.query_one(f"#{wid}", Input)
                 field.remove_class("-invalid")
                 if field.value != value:
@@ -220,7 +263,8 @@ class DataScreen(SetupScreen):
         stats_box.update(
             f"{rows}. Tokens in the first {sampled}: min {s['min']}, median {s['median']}, p95 {s['p95']}, "
             f"max {s['max']}; max_length {limit} truncates {s['truncated']}, drops {s['dropped']}.")
-        parts: list[Content] = [Content.assemble(("trained on", TRAINED_STYLE), ("  prompt (masked)", PROMPT_STYLE))]
+        parts: list[Content] = [Content.assemble(("trained on (the loss)", TRAINED_STYLE), "  ",
+                                                 ("prompt: masked, not trained", PROMPT_STYLE))]
         for i, segments in enumerate(p.examples, start=1):
             parts.append(Content.styled(f"── example {i} ", "dim"))
             example = Content.assemble(*[(text, TRAINED_STYLE if trained else PROMPT_STYLE)
@@ -231,18 +275,22 @@ class DataScreen(SetupScreen):
 
     def _show_val_rows(self) -> None:
         box = self.query_one("#data-val-rows", Static)
+        warning = self.query_one("#data-val-warning", Static)
         d = self.config.data
+        rows = None if self.previewed is None else self.previewed.rows
+        advice = None
         if d.val_path:
             box.update(f"from {d.val_path}")
         elif not d.val_size:
             box.update("none")
-        elif self.previewed is None or self.previewed.rows is None:
+        elif rows is None:
             box.update("")
         else:
-            rows = self.previewed.rows
             count = int(d.val_size) if d.val_size >= 1 else round(rows * d.val_size)
             box.update(f"{count} rows")
-
+            advice = val_split_warning(rows, d.val_size)
+        warning.update(advice or "")
+        warning.display = bool(advice)
 
 def _head_and_tail(lines: list[Content]) -> list[Content]:
     """A long example as its start (the template, the prompt) and its end (where EOS must be), with the middle

@@ -22,7 +22,8 @@ from textual.worker import Worker, WorkerState
 
 from core.config import METHODS, RunConfig
 from core.errors import TuneError
-from tui.screens.setup_base import SetupScreen, get_value, human_count, parse_number, update_if_changed
+from tui.screens.setup_base import (SetupScreen, get_value, human_count, parse_number, planned_gib,
+                                    update_if_changed)
 
 TITLES = {"full": "Full", "freeze": "Freeze", "lora": "LoRA", "qlora": "QLoRA"}
 # Three short lines at 80 columns, one when wide.
@@ -101,10 +102,21 @@ class MethodScreen(SetupScreen):
                 yield MethodCard(method)
         yield Static(id="method-reason", markup=False)
         yield Static(id="method-error", classes="error", markup=False)
-        with Horizontal(id="method-lower"):
-            with VerticalScroll(id="method-settings"):
+        # One scroll for the settings and the breakdown: side by side when wide, the breakdown below at 80 columns.
+        with VerticalScroll(id="method-lower"):
+            with Vertical(id="method-settings"):
+                with Horizontal(classes="form-row"):
+                    yield Static("Plan for", classes="label")
+                    yield Input(id="plan-gib", compact=True, classes="number", placeholder="this GPU")
+                    yield Static("GiB per GPU (blank: this machine's)", id="plan-hint", classes="hint",
+                                 markup=False)
                 yield from self._compose_settings()
             yield Static(id="method-breakdown")
+
+    def _draft(self, wid: str) -> Any:
+        """The draft's value for a choice field, to build it with: a Select built on its first option reports that
+        option as a change, which would overwrite the draft (and count as the user's edit)."""
+        return get_value(self.app.config, CHOICE_FIELDS[wid])
 
     def _compose_settings(self) -> ComposeResult:
         with Vertical(id="group-full", classes="method-group"):
@@ -121,12 +133,15 @@ class MethodScreen(SetupScreen):
         with Vertical(id="group-quant", classes="method-group"):
             with Horizontal(classes="form-row"):
                 yield Static("Base weights", classes="label")
-                yield Select([("4-bit", 4), ("8-bit", 8)], id="quant-bits", allow_blank=False, compact=True)
-                yield Select([("nf4", "nf4"), ("fp4", "fp4")], id="quant-type", allow_blank=False, compact=True)
+                yield Select([("4-bit", 4), ("8-bit", 8)], id="quant-bits",
+                             value=self._draft("quant-bits"), allow_blank=False, compact=True)
+                yield Select([("nf4", "nf4"), ("fp4", "fp4")], id="quant-type",
+                             value=self._draft("quant-type"), allow_blank=False, compact=True)
                 yield Tick("double quant", id="quant-double", compact=True)
             with Horizontal(classes="form-row"):
                 yield Static("Compute dtype", classes="label")
-                yield Select([(d, d) for d in DTYPES], id="quant-compute", allow_blank=False, compact=True)
+                yield Select([(d, d) for d in DTYPES], id="quant-compute",
+                             value=self._draft("quant-compute"), allow_blank=False, compact=True)
         with Vertical(id="group-lora", classes="method-group"):
             with Horizontal(classes="form-row"):
                 yield Static("Rank", classes="label")
@@ -145,16 +160,19 @@ class MethodScreen(SetupScreen):
             with Horizontal(classes="form-row"):
                 yield Static("Memory savers", classes="label")
                 yield Tick("gradient checkpointing", id="mem-gc", compact=True)
-                yield Select(list(OPTIMS), id="mem-optim", allow_blank=False, compact=True)
+                yield Select(list(OPTIMS), id="mem-optim",
+                             value=self._draft("mem-optim"), allow_blank=False, compact=True)
         yield Static(id="method-suggestions", markup=False)
 
     def on_resize(self) -> None:
-        # The breakdown only has room beside the form on a wide terminal; at 80 columns the form needs it all.
-        self.query_one("#method-breakdown").display = self.size.width >= BREAKDOWN_MIN_WIDTH
+        # The breakdown has room beside the form on a wide terminal; at 80 columns it goes below the form.
+        self.query_one("#method-lower").set_class(self.size.width >= BREAKDOWN_MIN_WIDTH, "-wide")
 
     def on_mount(self) -> None:
         super().on_mount()
         self.query_one("#method-error").display = False
+        plan = planned_gib(self.app)
+        self.query_one("#plan-gib", Input).value = "" if plan is None else f"{plan:g}"
 
     # ------------------------------------------------------------ choosing a method
 
@@ -166,6 +184,29 @@ class MethodScreen(SetupScreen):
         return self.query_one("#method-error", Static)
 
     # ------------------------------------------------------------ the form
+
+    @on(Input.Changed, "#plan-gib")
+    def _plan_changed(self, event: Input.Changed) -> None:
+        """GiB per GPU to plan for instead of this machine's GPU: moves the fit words and the recommendation only
+        (the run config does not change; `tunetui estimate --vram` is the same on the command line)."""
+        event.stop()
+        self._apply_plan(event.input)
+
+    def _apply_plan(self, field: Input) -> None:
+        text = field.value.strip()
+        value = parse_number(text)
+        errors = self._field_errors.setdefault(id(self.error_box), {})
+        if text and (not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0):
+            field.add_class("-invalid")
+            errors[id(field)] = (f"Plan for: {text!r} is not a memory size. Type the GPU's free memory in GiB "
+                                 "(e.g. 24), or leave it blank to plan for this machine.")
+            self._show_errors(self.error_box, errors, errors[id(field)])
+            return
+        field.remove_class("-invalid")
+        errors.pop(id(field), None)
+        self._show_errors(self.error_box, errors, None)
+        self.app.plan_vram_gib = float(value) if text else None
+        self.refresh_estimates()
 
     @on(Input.Changed)
     def _text_changed(self, event: Input.Changed) -> None:
@@ -216,6 +257,9 @@ class MethodScreen(SetupScreen):
         """Set every field from `config` (the draft changed elsewhere or the screen was just built)."""
         m = config.method
         self.forget_errors(self.error_box)
+        plan = self.query_one("#plan-gib", Input)
+        if plan.has_class("-invalid"):  # not a config field: its problem outlives a redraw from the draft
+            self._apply_plan(plan)
         for wid, key in TEXT_FIELDS.items():
             field = self.query_one(f"#{wid}", Input)
             field.remove_class("-invalid")
@@ -286,9 +330,13 @@ class MethodScreen(SetupScreen):
         try:
             settings = EstimateSettings.from_config(self.config)
             self.estimates = estimate_all(self.shape, settings)
+            plan = planned_gib(self.app)
             snapshot = self.app.snapshot
-            self.recommendation = None if snapshot is None else recommend(
-                self.shape, settings, snapshot.free_gib(), getattr(self.app, "dataset_rows", None))
+            if plan is None and snapshot is None:
+                self.recommendation = None
+            else:
+                free = plan if plan is not None else snapshot.free_gib()
+                self.recommendation = recommend(self.shape, settings, free, getattr(self.app, "dataset_rows", None))
         except TuneError as exc:
             self.estimates, self.recommendation = {}, None
             reason.update(str(exc))
@@ -301,7 +349,9 @@ class MethodScreen(SetupScreen):
         if rec is None:
             update_if_changed(reason, "Checking this machine's GPUs…")
         else:
-            update_if_changed(reason, f"★ Recommended: {TITLES[rec.method]}. {rec.reason}")
+            plan = planned_gib(self.app)
+            where = "" if plan is None else f" for a {plan:g} GiB GPU"
+            update_if_changed(reason, f"★ Recommended{where}: {TITLES[rec.method]}. {rec.reason}")
         self._show_suggestions(rec)
         self._show_breakdown(self.estimates.get(self.config.method.kind))
 
@@ -323,7 +373,7 @@ class MethodScreen(SetupScreen):
                 if rec.no_gpu:  # without a GPU the verdict is about training on this CPU
                     word = "CPU: ok" if rec.fit.get(method) == "fits" else "CPU: too big"
                 lines.append(Content.styled(word, f"bold {style}"))
-        lines += [Content(""), Content.styled(TRADE_OFFS[method], "$text-muted")]
+        lines.append(Content.styled(TRADE_OFFS[method], "dim"))
         update_if_changed(card, Content("\n").join(lines), layout=False)  # cards have a fixed size
 
     def _show_breakdown(self, e: Any) -> None:
@@ -341,7 +391,7 @@ class MethodScreen(SetupScreen):
         share = e.trainable_params / e.total_params if e.total_params else 0.0
         lines += [Content(""), Content(f"trains {human_count(e.trainable_params)} of {human_count(e.total_params)} "
                                        f"weights ({share:.1%})")]
-        lines += [Content.styled(f"• {note}", "$text-muted") for note in e.notes]
+        lines += [Content.styled(f"• {note}", "dim") for note in e.notes]
         update_if_changed(box, Content("\n").join(lines))
 
     def _show_suggestions(self, rec: Any) -> None:

@@ -14,14 +14,15 @@ from rich.syntax import Syntax
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.containers import Horizontal, VerticalScroll
 from textual.content import Content
-from textual.widgets import Button, Input, Static
+from textual.widgets import Button, Collapsible, Input, Select, Static
 from textual.worker import Worker, WorkerState
 
 from core.config import RunConfig, dump_yaml, load, save, to_dict
 from core.errors import TuneError
-from tui.screens.setup_base import SetupScreen, get_value, parse_number, update_if_changed
+from tui.screens.setup_base import (SetupScreen, get_value, parse_number, planned_free_gib, planned_gib,
+                                    update_if_changed, val_split_warning)
 
 # widget id -> dotted key; numbers are read like YAML values, text fields are kept as typed
 NUMBER_FIELDS = {
@@ -30,7 +31,21 @@ NUMBER_FIELDS = {
     "train-max-steps": "train.max_steps",
     "train-epochs": "train.epochs",
     "train-lr": "train.lr",
+    "train-warmup": "train.warmup_ratio",
+    "train-eval-steps": "train.eval_steps",
+    "train-save-steps": "train.save_steps",
 }
+FORM_ROWS = (("train-batch-size", "Batch size", ""), ("train-grad-accum", "Grad accum", ""),
+             ("train-max-steps", "Max steps", "-1: epochs"), ("train-epochs", "Epochs", ""),
+             ("train-lr", "Learning rate", ""))
+ADVANCED_ROWS = (("train-warmup", "Warm-up", "of the steps"), ("train-eval-steps", "Eval every", "steps, 0: end"),
+                 ("train-save-steps", "Save every", "steps"))
+SELECT_FIELDS = {"train-scheduler": "train.scheduler", "train-precision": "train.precision"}
+SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+              "inverse_sqrt", "cosine_with_min_lr", "warmup_stable_decay")
+"""transformers' SchedulerType names that need no extra arguments (a config file may name another; it is kept)."""
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+SELECT_CHOICES = {"train-scheduler": SCHEDULERS, "train-precision": PRECISIONS}
 TEXT_FIELDS = {"output-dir": "output.dir", "output-run-name": "output.run_name"}
 DEFAULT_PRESET = "tunetui-run.yaml"
 DEMO_PRESET = "presets/demo.yaml"
@@ -89,6 +104,7 @@ class ReviewScreen(SetupScreen):
         Binding("l", "launch", "Launch"),
         Binding("enter", "launch", "Launch", show=False),  # the focused Launch button takes Enter itself
         Binding("ctrl+s", "save", "Save preset"),
+        Binding("ctrl+r", "reload", "Reload file"),
     ]
 
     def __init__(self) -> None:
@@ -100,30 +116,35 @@ class ReviewScreen(SetupScreen):
 
     def compose_body(self) -> ComposeResult:
         yield Static(id="review-config-error", classes="error", markup=False)
+        yield Static(id="review-summary")
+        yield Static(id="review-warning", markup=False)
         with Horizontal(id="review-body"):
-            with Vertical(id="review-form"):
-                with Horizontal(classes="form-row"):
-                    yield Static("Batch size", classes="label")
-                    yield Input(id="train-batch-size", compact=True, classes="number")
-                with Horizontal(classes="form-row"):
-                    yield Static("Grad accum", classes="label")
-                    yield Input(id="train-grad-accum", compact=True, classes="number")
-                with Horizontal(classes="form-row"):
-                    yield Static("Max steps", classes="label")
-                    yield Input(id="train-max-steps", compact=True, classes="number")
-                    yield Static("-1: epochs", classes="hint")
-                with Horizontal(classes="form-row"):
-                    yield Static("Epochs", classes="label")
-                    yield Input(id="train-epochs", compact=True, classes="number")
-                with Horizontal(classes="form-row"):
-                    yield Static("Learning rate", classes="label")
-                    yield Input(id="train-lr", compact=True, classes="number")
+            with VerticalScroll(id="review-form", can_focus=False):
+                for wid, label, hint in FORM_ROWS:
+                    with Horizontal(classes="form-row"):
+                        yield Static(label, classes="label")
+                        yield Input(id=wid, compact=True, classes="number")
+                        if hint:
+                            yield Static(hint, classes="hint")
                 with Horizontal(classes="form-row"):
                     yield Static("Output dir", classes="label")
                     yield Input(id="output-dir", compact=True)
                 with Horizontal(classes="form-row"):
                     yield Static("Run name", classes="label")
                     yield Input(id="output-run-name", placeholder="(auto: model-method)", compact=True)
+                with Collapsible(title="Advanced: schedule, eval, precision", collapsed=True,
+                                 id="review-advanced"):
+                    with Horizontal(classes="form-row"):
+                        yield Static("Schedule", classes="label")
+                        yield self._select("train-scheduler")
+                    for wid, label, hint in ADVANCED_ROWS:
+                        with Horizontal(classes="form-row"):
+                            yield Static(label, classes="label")
+                            yield Input(id=wid, compact=True, classes="number")
+                            yield Static(hint, classes="hint")
+                    with Horizontal(classes="form-row"):
+                        yield Static("Precision", classes="label")
+                        yield self._select("train-precision")
                 yield Static(id="review-error", classes="error", markup=False)
                 with Horizontal(classes="form-row"):
                     yield Static("Save as", classes="label")
@@ -131,10 +152,17 @@ class ReviewScreen(SetupScreen):
                 with Horizontal(id="review-buttons"):
                     yield Button("Save (ctrl+s)", id="save")
                     yield Button("Launch (l)", id="launch", variant="success")
-                yield Static(id="review-summary")
             with VerticalScroll(id="review-yaml"):
                 yield Static(id="review-yaml-text")
         yield Static(id="review-command", markup=False)
+
+    def _select(self, wid: str) -> Select:
+        """A choice field built holding the draft's value (a Select built on its first option would report that
+        option as a change, an edit the user never made)."""
+        value = get_value(self.app.config, SELECT_FIELDS[wid])
+        known = SELECT_CHOICES[wid]
+        options = known if value in known else (*known, value)  # a value from a config file this list lacks
+        return Select([(v, v) for v in options], value=value, id=wid, allow_blank=False, compact=True)
 
     def on_mount(self) -> None:
         self.query_one("#review-error").display = False
@@ -145,8 +173,17 @@ class ReviewScreen(SetupScreen):
         self._show_config_error()
 
     def on_screen_resume(self) -> None:
-        # (SetupScreen's _on_screen_resume has redrawn the draft already.) Launch has focus on arrival, so Enter-Enter-Enter-Enter from the Model screen trains the demo.
-        self.query_one("#launch", Button).focus()
+        # (SetupScreen's _on_screen_resume has redrawn the draft already.) Launch has focus on arrival, so
+        # Enter-Enter-Enter-Enter from the Model screen trains the demo.
+        self._focus_launch()
+
+    def _focus_launch(self) -> None:
+        launch = self.query_one("#launch", Button)
+        if launch.disabled:
+            # Nothing focused, so Enter reaches the screen's launch (which says why not) rather than, say, Save.
+            self.set_focus(None)
+        else:
+            launch.focus()
 
     @property
     def error_box(self) -> Static:
@@ -155,8 +192,37 @@ class ReviewScreen(SetupScreen):
     def _show_config_error(self) -> None:
         box = self.query_one("#review-config-error", Static)
         error = self.app.config_error
-        box.update(f"The config file could not be used. {error}" if error else "")
+        box.update(f"{self.app.config_path or 'The config file'} could not be used, so this is the demo draft; "
+                   f"Launch waits until you fix the file and reload it (ctrl+r), or edit or save this draft. {error}"
+                   if error else "")
         box.display = bool(error)
+        launch = self.query_one("#launch", Button)
+        if launch.disabled != bool(error):
+            launch.disabled = bool(error)
+            if self.is_current:
+                self.call_after_refresh(self._focus_launch)
+        self.refresh_bindings()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "reload":  # offered only while the file named on the command line is broken
+            return bool(self.app.config_error and self.app.config_path)
+        return super().check_action(action, parameters)
+
+    def action_reload(self) -> None:
+        """Read the config file again (the user fixed it in an editor): on success it becomes the draft."""
+        path = self.app.config_path
+        try:
+            config = load(path)
+        except TuneError as exc:
+            self.app.config_error = str(exc)
+            self._show_config_error()
+            self.notify(str(exc), title=f"{path} still cannot be used", severity="error", markup=False)
+            return
+        self.app.config_error = None
+        self.app.set_config(config)
+        self.query_one("#preset-path", Input).value = path
+        self._show_config_error()
+        self.notify(f"Loaded {path}", title="Config loaded")
 
     # ------------------------------------------------------------ editing
 
@@ -173,6 +239,12 @@ class ReviewScreen(SetupScreen):
         elif wid == "preset-path":
             self._show_command()
 
+    @on(Select.Changed)
+    def _select_changed(self, event: Select.Changed) -> None:
+        key = SELECT_FIELDS.get(event.select.id or "")
+        if key and event.value is not Select.NULL:
+            self.apply({key: event.value}, self.error_box, event.select)
+
     @on(Input.Submitted, "#preset-path")
     def _save_submitted(self) -> None:
         self.action_save()
@@ -187,6 +259,15 @@ class ReviewScreen(SetupScreen):
                 text = "" if value is None else str(value)
                 if field.value != text:
                     field.value = text
+            for wid, key in SELECT_FIELDS.items():
+                select = self.query_one(f"#{wid}", Select)
+                value = get_value(config, key)
+                known = SELECT_CHOICES[wid]
+                if value not in known:  # a scheduler this list lacks, from a config file: offer it, don't drop it
+                    select.set_options([(v, v) for v in (*known, value)])
+                if select.value != value:
+                    select.value = value
+        self._show_config_error()
         if config.model.name_or_path != self.shape_for:
             self._load_shape(config.model.name_or_path, config.model.trust_remote_code)
         self._show_summary()
@@ -218,6 +299,11 @@ class ReviewScreen(SetupScreen):
             Content.assemble(("Train  ", "dim"), f"{steps}, {t.batch_size * t.grad_accum} per step"),
         ]
         lines.append(self._memory_line(config))
+        # The split may have come with another dataset: say so where the run is launched too.
+        advice = val_split_warning(rows, d.val_size) if rows and not d.val_path else None
+        warning = self.query_one("#review-warning", Static)
+        update_if_changed(warning, f"{advice} Change it on Data (3)." if advice else "")
+        warning.display = bool(advice)
         update_if_changed(box, Content("\n").join(lines))
 
     def _memory_line(self, config: RunConfig) -> Content:
@@ -231,15 +317,15 @@ class ReviewScreen(SetupScreen):
             peak = estimate(shape, EstimateSettings.from_config(config)).peak_gib
         except TuneError as exc:
             return Content.assemble(("Memory ", "dim"), (str(exc), "$text-error"))
-        snapshot = self.app.snapshot
-        free = snapshot.free_gib() if snapshot is not None else None
+        free = planned_free_gib(self.app)
         if free is None:
             verdict = Content.styled("no GPU here", "dim")
         else:
             fit = fit_of(peak, free)
             word, style = {"fits": ("fits", "$text-success"), "tight": ("tight", "$text-warning"),
                            "no": ("won't fit", "$text-error")}[fit]
-            verdict = Content.assemble((word, f"bold {style}"), f" in {free:.1f} GiB free")
+            where = "planned" if planned_gib(self.app) is not None else "free"
+            verdict = Content.assemble((word, f"bold {style}"), f" in {free:.1f} GiB {where}")
         return Content.assemble(("Memory ", "dim"), f"~{peak:.1f} GiB peak, ", verdict)
 
     def _load_shape(self, name: str, trust_remote_code: bool) -> None:
@@ -320,6 +406,11 @@ class ReviewScreen(SetupScreen):
 
     @on(Button.Pressed, "#launch")
     def action_launch(self) -> None:
+        if self.app.config_error:
+            self.notify(f"{self.app.config_path or 'The config file'} could not be used. Fix it and reload it "
+                        "(ctrl+r), or edit or save this draft, before launching.", title="Cannot launch",
+                        severity="error", markup=False)
+            return
         if self.error_box.display:
             self.notify("Fix the highlighted setting first.", title="Cannot launch", severity="error")
             return

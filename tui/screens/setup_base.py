@@ -113,6 +113,10 @@ class SetupScreen(Screen):
     def on_config_changed(self, message: Any) -> None:
         if not self.is_current:
             return  # hidden: on_screen_resume redraws if the draft changed meanwhile (keeps key presses cheap)
+        if message.config is not self.app.config:
+            # Stale: edits made since (several fields changed before this message came) have their own message
+            # on the way. Redrawing from this one would write older values back into the fields just edited.
+            return
         self._show(message.config, from_self=message.config is self._own_config)
 
     def _show(self, config: RunConfig, from_self: bool) -> None:
@@ -147,6 +151,10 @@ class SetupScreen(Screen):
         self._show_errors(error, errors, None)
         if new != self.app.config:  # programmatic widget updates echo back unchanged values: no churn
             self._own_config = new
+            if getattr(self.app, "config_error", None):
+                # The config file named on the command line failed and the demo stood in: an edit makes this
+                # draft the user's own, so the failure stops blocking Launch (Review drops its banner).
+                self.app.config_error = None
             self.app.set_config(new)
         return True
 
@@ -189,6 +197,48 @@ class SetupScreen(Screen):
 
     def on_descendant_blur(self, event: Any) -> None:
         self.refresh_bindings()
+
+
+def planned_gib(app: Any) -> float | None:
+    """The GiB per GPU the user plans for on the Method screen (a GPU they don't have here), or None: this
+    machine. Kept on the app, not in the run config: it moves fit words and the recommendation, never the run."""
+    return getattr(app, "plan_vram_gib", None)
+
+
+def planned_free_gib(app: Any) -> float | None:
+    """Free GPU memory to judge fit against: the planned GiB, else this machine's first GPU (None: no GPU or not
+    sampled yet)."""
+    plan = planned_gib(app)
+    if plan is not None:
+        return plan
+    snapshot = getattr(app, "snapshot", None)
+    return snapshot.free_gib() if snapshot is not None else None
+
+
+MIN_TRAIN_ROWS = 8
+"""Fewer training rows than this left after the validation split: say so."""
+MAX_VAL_SHARE = 0.2
+"""A validation split above this share of the rows: say so."""
+
+
+def val_split_warning(rows: int, val_size: float) -> str | None:
+    """What is wrong with taking `val_size` (a share < 1 or a row count) of `rows` for validation, with a value that
+    fits (a split carried over from another dataset can leave next to nothing to train on); None when it's fine."""
+    if not val_size or rows <= 0:
+        return None
+    count = int(val_size) if val_size >= 1 else round(rows * val_size)
+    if not _val_split_bad(rows, count):
+        return None
+    suggested = round(rows * 0.1)
+    fix = (f"Try {suggested} (10%), or 0 for no validation." if suggested >= 1 and not _val_split_bad(rows, suggested)
+           else "Use 0 (no validation): there are too few rows to split.")
+    left = rows - count
+    trains = "nothing" if left <= 0 else f"only {left:,}"
+    return f"⚠ Val split {val_size:g} takes {min(count, rows):,} of {rows:,} rows and leaves {trains} to train. {fix}"
+
+
+def _val_split_bad(rows: int, count: int) -> bool:
+    return count / rows > MAX_VAL_SHARE or rows - count < MIN_TRAIN_ROWS
 
 
 def human_count(n: int | None) -> str:
