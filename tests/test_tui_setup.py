@@ -349,3 +349,14 @@ async def test_hang_up_leaves_the_ui_and_the_run_training():
         app.hang_up()
         await wait_for(pilot, lambda: not app.is_running, what="the app to exit")
     assert session.stops == [] and session.running
+
+
+async def test_the_palettes_launch_refuses_a_config_file_that_failed_to_load(tmp_path):
+    Path("bad.yaml").write_text("train:\n  batchsize: 8\n")
+    app = make_app(config_path="bad.yaml", start_screen="model")
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(pilot)
+        app.session = RecordingSession()
+        app._launch_via_review()
+        await wait_for(pilot, lambda: "could not be used" in screen_text(app), what="the refusal")
+        assert app.session.started == []

@@ -160,6 +160,8 @@ class TuneApp(App):
         self.warm_imports = warm_imports
         self._exit_when_stopped = False
         self.hung_up = False
+        self.plan_vram_gib: float | None = None
+        """Method's "Plan for" GiB per GPU: the fit words and the recommendation plan for that card, not this one."""
         self.detach_run: str | None = None
         """A run folder to go on training in a background process once the app has closed (detach)."""
         self.attach_dir: str | None = None
@@ -257,6 +259,12 @@ class TuneApp(App):
         self.show("run")
         return True
 
+    def _launch_via_review(self) -> None:
+        """The palette's Launch goes through Review's checks (a config file that failed to load, a setting shown
+        as wrong, no data), as the Launch button does."""
+        self.show("review")
+        self.call_after_refresh(lambda: self.screen.action_launch())
+
     def attach(self, run_dir: str) -> bool:
         """Follow a run trained by another process on the Run view; False while this app trains its own."""
         from tui.session import AttachedSession
@@ -292,7 +300,7 @@ class TuneApp(App):
             yield SystemCommand(f"Go to {title}", f"Show the {title} screen (key {i})",
                                 lambda name=name: self.show(name))
         yield SystemCommand("Launch", "Start training the current config and show the Run screen",
-                            lambda: self.launch())
+                            self._launch_via_review)
         # The active screen's own actions, the ones its footer shows (launch, save, pause, stop, ...); not the
         # widgets' cursor keys.
         seen = {"Launch"}
