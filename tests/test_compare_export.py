@@ -202,3 +202,93 @@ def test_compare_view_snapshot(snap_compare, tmp_path, size):
                        what="the config rows")
 
     assert snap_compare(app, terminal_size=SIZES[size], run_before=run_before)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_export_dialog_snapshot(snap_compare, tmp_path, size):
+    from textual.widgets import Input
+
+    from tui.widgets.export_dialog import ExportDialog
+
+    three_runs(tmp_path)
+    app = runs_app(tmp_path)
+
+    async def run_before(pilot):
+        await _listed(pilot, app)
+        await wait_for(pilot, lambda: app.screen.selected is not None, what="a run highlighted")
+        await pilot.press("e")
+        await wait_for(pilot, lambda: isinstance(app.screen, ExportDialog), what="the dialog")
+        field = app.screen.query_one("#export-target", Input)
+        field.cursor_blink = False  # a blinking cursor would be caught on or off depending on the machine's load
+        await wait_for(pilot, lambda: "runs/run-c-r16/merged" in screen_text(app), what="the default folder")
+
+    assert snap_compare(app, terminal_size=SIZES[size], run_before=run_before)
+
+
+# ------------------------------------------------------------------ merge and save
+
+
+async def test_merge_and_save_from_the_runs_screen_writes_a_loadable_model(tmp_path, lora_run):
+    import shutil
+
+    from textual.widgets import Input, Static
+
+    from tui.widgets.export_dialog import ExportDialog
+
+    outcome, _ = lora_run
+    assert outcome.status == "finished"
+    run_id = Path(outcome.run_dir).name
+    # A copy of the shared run, so the merged folder is written into this test's own folder.
+    shutil.copytree(outcome.run_dir, tmp_path / "runs" / run_id)
+    app = runs_app(tmp_path)
+
+    def status() -> str:
+        return str(app.screen.query_one("#export-status", Static).render())
+
+    from tui.widgets.export_dialog import ExportProgress
+
+    progress: list[str] = []
+
+    def hook(message) -> None:
+        if isinstance(message, ExportProgress):
+            progress.append(message.text)
+
+    async with app.run_test(size=(120, 40), message_hook=hook) as pilot:
+        await wait_for(pilot, lambda: run_id in screen_text(app), what="the run list")
+        await wait_for(pilot, lambda: app.screen.selected is not None, what="the run highlighted")
+        # Offered in the footer for a finished LoRA run.
+        await wait_for(pilot, lambda: "Merge and save" in screen_text(app), what="e in the footer")
+        await pilot.press("e")
+        await wait_for(pilot, lambda: isinstance(app.screen, ExportDialog), what="the dialog")
+        dialog = app.screen
+        assert dialog.query_one("#export-target", Input).value == f"runs/{run_id}/merged"
+        await pilot.press("enter")  # accept the default folder
+        # The merge runs in a thread worker (the status shows its progress); it has ended when the dialog is no
+        # longer busy and says something.
+        await wait_for(pilot, lambda: not dialog.busy and status() != "", timeout=300, what="the merge to end")
+        assert dialog.written == f"runs/{run_id}/merged", status()
+        assert [p.split()[0] for p in progress] == ["loading", "merging", "merged"]  # the engine's steps, as they came
+        merged = tmp_path / "runs" / run_id / "merged"
+        from tui.widgets.export_dialog import folder_bytes
+        from tui.screens.setup_base import human_bytes
+
+        size = human_bytes(folder_bytes(merged))
+        assert f"Wrote {size} to runs/{run_id}/merged" in status()
+        assert f"Wrote {size}" in screen_text(app) and "MiB" in size
+
+        # The same folder again: the engine's error is shown in place and the dialog stays open.
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: not isinstance(app.screen, ExportDialog), what="the dialog to close")
+        await pilot.press("e")
+        await wait_for(pilot, lambda: isinstance(app.screen, ExportDialog), what="the dialog again")
+        again = app.screen
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: "already exists and is not empty" in status(), timeout=120,
+                       what="the error in place")
+        assert again.written is None and not again.busy
+        assert app.screen is again and again.query_one("#export-status").region.height >= 1
+
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(merged)  # a plain model: no PEFT needed to load it
+    assert not any("lora" in name for name, _ in model.named_parameters())
