@@ -182,6 +182,27 @@ def test_flatten_and_differing_keys():
     assert differing_keys([run({"a": "1", "b": "2"}), run({"a": "1", "b": "3", "c": "4"})]) == {"b", "c"}
 
 
+async def test_merge_and_save_is_offered_only_for_a_finished_lora_run(tmp_path):
+    from helpers_run import history_runs
+
+    from tui.widgets.export_dialog import ExportDialog
+
+    history_runs(tmp_path / "runs")  # LoRA runs: failed (newest), stopped with a checkpoint, finished with final/
+    app = runs_app(tmp_path)
+    async with app.run_test(size=(120, 30)) as pilot:
+        await wait_for(pilot, lambda: "data/missing.json does not exist" in screen_text(app), what="the failed run")
+        for expected in ("r-failed", "r-stopped"):
+            assert app.screen.selected.run_id == expected
+            assert "Merge and save" not in screen_text(app)
+            await pilot.press("e")
+            await pilot.pause()
+            assert not isinstance(app.screen, ExportDialog)
+            await pilot.press("down")
+        await wait_for(pilot, lambda: "Merge and save" in screen_text(app), what="e for the finished run")
+        assert app.screen.selected.run_id == "r-finished"
+        assert "Compare" not in screen_text(app)  # nothing marked
+
+
 # ------------------------------------------------------------------ snapshots
 
 
