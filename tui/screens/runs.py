@@ -203,7 +203,8 @@ class RunsScreen(Screen):
         before = {row[0]: row for row in self._listing or ()}
         self._listing, self._marks_shown = listing, marks
         self.runs = message.runs
-        rows = [(("✓ " if str(run.run_dir) in marks else "") + run.run_id, status_words(run, here=self._is_here(run)), step_text(run), loss_text(run.last_loss),
+        rows = [(("✓ " if str(run.run_dir) in marks else "") + run.run_id,  # ✓: marked for the Compare view (space)
+                 status_words(run, here=self._is_here(run)), step_text(run), loss_text(run.last_loss),
                  duration(run.eta_seconds) if run.status == "running" else "–", run.method, run.model,
                  started_text(run.started)) for run in self.runs]
         # Columns sized from their contents up front: DataTable caches rows rendered before it measures new
