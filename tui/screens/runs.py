@@ -95,6 +95,9 @@ class RunsScreen(Screen):
         Binding("a", "attach", "Attach"),
         Binding("n", "new_from_config", "New from config"),
         Binding("c", "chat", "Chat"),
+        Binding("space", "toggle_mark", "Mark", show=False),  # (README; keeps the footer to the keys in use)
+        Binding("v", "compare", "Compare"),
+        Binding("e", "export", "Merge and save"),
         Binding("f5", "reload", "Refresh"),
     ]
 
@@ -107,6 +110,9 @@ class RunsScreen(Screen):
         self._listing: list | None = None
         self._listed_at = 0.0
         self._live_version = -1
+        self.marked: set[str] = set()
+        """Run folders marked (space) for the Compare view."""
+        self._marks_shown: frozenset | None = None
 
     def compose(self) -> ComposeResult:
         yield NavBar("runs")
@@ -191,12 +197,14 @@ class RunsScreen(Screen):
         previous = str(self.selected.run_dir) if self.selected is not None else None
         listing = [(str(r.run_dir), r.status, r.step, r.last_loss, r.checkpoint, r.final_dir, r.viewers)
                    for r in message.runs]
-        if listing == self._listing and self.runs and not message.error:
+        marks = frozenset(self.marked)
+        if listing == self._listing and marks == self._marks_shown and self.runs and not message.error:
             return  # nothing changed: keep the cursor and the open run as they are
         before = {row[0]: row for row in self._listing or ()}
-        self._listing = listing
+        self._listing, self._marks_shown = listing, marks
         self.runs = message.runs
-        rows = [(run.run_id, status_words(run, here=self._is_here(run)), step_text(run), loss_text(run.last_loss),
+        rows = [(("✓ " if str(run.run_dir) in marks else "") + run.run_id,  # ✓: marked for the Compare view (space)
+                 status_words(run, here=self._is_here(run)), step_text(run), loss_text(run.last_loss),
                  duration(run.eta_seconds) if run.status == "running" else "–", run.method, run.model,
                  started_text(run.started)) for run in self.runs]
         # Columns sized from their contents up front: DataTable caches rows rendered before it measures new
@@ -334,9 +342,53 @@ class RunsScreen(Screen):
             return True if run is not None else None
         if action == "chat":  # a run with a model saved (final/ or a checkpoint) and not training
             return run is not None and run.status != "running" and bool(run.final_dir or run.checkpoint)
+        if action == "compare":  # hidden until two runs are marked
+            return len(self._marked_runs()) >= 2
+        if action == "export":  # hidden unless a finished LoRA/QLoRA run: its adapter can be merged into the base
+            return self._can_export(run)
+        if action == "toggle_mark":
+            return True if run is not None else None
         if action == "attach":  # hidden unless the run trains in another process
             return run is not None and run.status == "running" and not self._is_live(run)
         return True
+
+    def _marked_runs(self) -> list:
+        """The marked runs still listed, in the list's order."""
+        return [run for run in self.runs if str(run.run_dir) in self.marked]
+
+    @staticmethod
+    def _can_export(run: Any) -> bool:
+        return (run is not None and run.status == "finished" and run.method in ("lora", "qlora")
+                and run.final_dir is not None)
+
+    def action_toggle_mark(self) -> None:
+        """Mark or unmark the highlighted run for the Compare view (a ✓ before its id)."""
+        run = self.selected
+        if run is None:
+            return
+        self.marked ^= {str(run.run_dir)}
+        self.on_runs_listed(RunsListed(self.runs, None))  # redraws the rows (and their widths) with the marks
+        self.refresh_bindings()
+
+    def action_compare(self) -> None:
+        """The marked runs' curves overlaid and configs side by side."""
+        runs = self._marked_runs()
+        if len(runs) < 2:
+            self.notify("Mark two or more runs with space to compare them.", severity="warning")
+            return
+        from tui.screens.compare import CompareScreen
+
+        self.app.push_screen(CompareScreen([str(run.run_dir) for run in runs]))
+
+    def action_export(self) -> None:
+        """Merge the selected LoRA/QLoRA run's adapter into its base and save it (as `tunetui export --merge`)."""
+        run = self.selected
+        if not self._can_export(run):
+            self.notify("Merge and save needs a finished LoRA or QLoRA run.", severity="warning")
+            return
+        from tui.widgets.export_dialog import ExportDialog
+
+        self.app.push_screen(ExportDialog(run.run_dir, run.run_id))
 
     def action_chat(self) -> None:
         """Talk to the selected run's model (final/, else its newest checkpoint) beside its base."""
