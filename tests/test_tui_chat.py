@@ -247,3 +247,14 @@ async def test_with_chat_the_top_bar_still_fits_80_columns(tmp_path, machine):
         for number, (_module, _cls, title) in enumerate(SCREENS.values(), start=1):
             assert f"{number} {title}" in top, top
         assert gpu_summary(snapshot).removesuffix(" free") in top, top
+
+
+async def test_escape_leaves_the_prompt_so_digits_switch_screens(tmp_path):
+    app = make_app(tmp_path, start_screen="chat")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: app.screen.focused is not None, what="a focused input on Chat")
+        await pilot.pause(0.3)  # the screen's own start-up (it focuses the input on arrival) is over
+        await pilot.press("escape")
+        assert app.screen.focused is None
+        await pilot.press("7")
+        await wait_for(pilot, lambda: app.current_mode == "runs", what="7 to show Runs")

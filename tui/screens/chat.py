@@ -134,7 +134,7 @@ class ChatScreen(Screen):
         Binding("ctrl+o", "load", "Load"),
         # Priority: the focused Input lets escape through to the Screen's own escape handler (clear a selection),
         # which would swallow it before a plain binding is looked at.
-        Binding("escape", "stop", "Stop", priority=True),
+        Binding("escape", "stop", "Stop / leave prompt", priority=True),
         Binding("ctrl+l", "clear", "Clear"),
         Binding("ctrl+r", "unload", "Unload"),
     ]
@@ -443,8 +443,12 @@ class ChatScreen(Screen):
         self._paint()
 
     def action_stop(self) -> None:
+        """Escape: stop a reply in progress; with none, leave the prompt so digits switch screens again (Tab or a
+        click goes back to it)."""
         if self.generating:
             self._stop.set()
+        else:
+            self.set_focus(None)
 
     def action_clear(self) -> None:
         """Forget both conversations (a reply in progress is stopped first)."""
@@ -454,8 +458,8 @@ class ChatScreen(Screen):
         self._paint()
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if action == "stop":
-            return True if self.generating else None
+        if action == "stop":  # stops a reply, or leaves the prompt (digits switch screens again)
+            return True if self.generating or self.focused is not None else None
         if action in ("send", "unload"):
             return True if self.model is not None else None
         if action == "load":
