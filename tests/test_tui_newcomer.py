@@ -22,6 +22,17 @@ def flat(app) -> str:
     return " ".join(screen_text(app).split())
 
 
+def alpaca_draft() -> RunConfig:
+    """The app's default draft on the 999-row alpaca demo set with a val split of 16 (what these tests start from;
+    the default demo trains on the 16-row identity set)."""
+    from dataclasses import replace
+
+    from tui.app import default_config
+
+    config = default_config()
+    return replace(config, data=replace(config.data, path="demo:alpaca_en", val_size=16))
+
+
 def write_alpaca(path: Path, rows: int) -> Path:
     path.write_text(json.dumps([{"instruction": f"Say {i}.", "input": "", "output": f"{i}"} for i in range(rows)]))
     return path
@@ -142,7 +153,7 @@ async def test_review_advanced_fields_set_the_draft_and_show_errors():
 async def test_a_val_split_too_big_for_the_new_data_is_flagged_with_a_value_that_fits():
     """The demo's "Val split 16" on a 20-row file would leave 4 rows to train: said in place, with a suggestion."""
     write_alpaca(Path("small.json"), 20)
-    app = make_app(start_screen="data")
+    app = make_app(config=alpaca_draft(), start_screen="data")
     async with app.run_test(size=(120, 40)) as pilot:
         await settle(pilot)
         screen = app.screen
@@ -244,7 +255,7 @@ async def test_the_preview_lights_the_trained_tokens_and_dims_the_masked_prompt(
     background and the masked prompt is darker than plain text; the legend names both."""
     import re
 
-    app = make_app(start_screen="data")
+    app = make_app(config=alpaca_draft(), start_screen="data")
     async with app.run_test(size=(120, 40)) as pilot:
         await settle(pilot)
         svg = app.export_screenshot()
@@ -280,7 +291,7 @@ async def test_the_preview_lights_the_trained_tokens_and_dims_the_masked_prompt(
 
 async def test_review_repeats_the_val_split_warning():
     write_alpaca(Path("small.json"), 20)
-    app = make_app(start_screen="data")
+    app = make_app(config=alpaca_draft(), start_screen="data")
     async with app.run_test(size=(120, 40)) as pilot:
         await settle(pilot)
         screen = app.screen
