@@ -150,7 +150,8 @@ class RunFailed(Event):
     """What went wrong and what to do, in words."""
     kind: str = "error"
     """user_error | out_of_memory | diverged (loss or gradient norm NaN/inf) | disk_full (a save ran out of space)
-    | error (a bug: see traceback)."""
+    | error (a bug: see traceback) | peer_failed (under `tunetui train --nproc`: another rank broke the group;
+    this rank only reports it to the launcher, which names the rank that failed first)."""
     run_dir: str | None = None
     step: int | None = None
     traceback: str | None = None

@@ -65,6 +65,10 @@ def parse_gpus(text: str) -> list[str]:
     return items
 
 
+PEER_FAILED_EXIT = 3
+"""A worker's exit code when a collective broke under it (another rank died): a consequence, not a cause."""
+
+
 @dataclass(frozen=True)
 class Failure:
     """One worker that failed, as torchrun's agent reported it."""
@@ -81,14 +85,23 @@ class Failure:
                 how = f"was killed by {signal.Signals(-self.exitcode).name}"
             except ValueError:
                 how = f"was killed by signal {-self.exitcode}"
+        elif self.exitcode == PEER_FAILED_EXIT:
+            how = "stopped because another process of the group broke torch.distributed"
         else:
             how = f"exited with code {self.exitcode}"
         return f"rank {self.rank} (pid {self.pid}) {how}"
 
 
 def first_failure(failures: list[Failure]) -> Failure | None:
-    """The root cause: the earliest failure (ties: the lowest rank), as torchrun's own report picks it."""
-    return min(failures, key=lambda f: (f.timestamp, f.rank)) if failures else None
+    """The root cause among the ranks torchrun saw fail.
+
+    A rank that exited with PEER_FAILED_EXIT only lost a peer, so it is a cause only when nothing else failed.
+    Among the rest, the earliest; torchrun's timestamps are whole seconds (and, for a rank killed by a signal, the
+    second torchrun noticed), so at a tie a rank killed by a signal (it cannot have been a consequence) comes
+    first, then the lowest rank.
+    """
+    causes = [f for f in failures if f.exitcode != PEER_FAILED_EXIT] or failures
+    return min(causes, key=lambda f: (f.timestamp, f.exitcode >= 0, f.rank)) if causes else None
 
 
 def launch(worker_args: list[str], nproc: int, run_dir: Path, *, gpus: list[str] | None = None,
@@ -347,4 +360,4 @@ if __name__ == "__main__":
 
 
 __all__ = ["launch", "rank", "world_size", "under_torchrun", "parse_gpus", "Failure", "first_failure",
-           "record_failure", "exit_code", "RUN_DIR_ENV", "LAUNCHER_ENV"]
+           "record_failure", "exit_code", "PEER_FAILED_EXIT", "RUN_DIR_ENV", "LAUNCHER_ENV"]

@@ -328,7 +328,7 @@ def test_gpus_and_nproc_are_checked_before_anything_starts(tmp_path):
 def test_the_launcher_names_the_failed_rank_only_when_rank_0_wrote_no_final_event(tmp_path):
     from core import config as cfg
     from core.events import RunFinished as Finished
-    from core.launch import Failure, exit_code, first_failure, record_failure
+    from core.launch import PEER_FAILED_EXIT, Failure, exit_code, first_failure, record_failure
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()
@@ -338,6 +338,12 @@ def test_the_launcher_names_the_failed_rank_only_when_rank_0_wrote_no_final_even
     failures = [Failure(rank=2, pid=30, exitcode=1, timestamp=20.0),
                 Failure(rank=1, pid=20, exitcode=-9, timestamp=10.0)]
     assert first_failure(failures).rank == 1
+    # CI saw this: rank 1 killed, rank 0 then lost its peer, and torchrun stamped both with the same whole second.
+    lost_peer = Failure(rank=0, pid=10, exitcode=PEER_FAILED_EXIT, timestamp=10.0)
+    assert first_failure([lost_peer, Failure(rank=1, pid=20, exitcode=-9, timestamp=11.0)]).rank == 1
+    assert first_failure([Failure(rank=0, pid=10, exitcode=1, timestamp=10.0),
+                          Failure(rank=1, pid=20, exitcode=-9, timestamp=10.0)]).rank == 1
+    assert first_failure([lost_peer]).rank == 0  # nothing else failed: it is all there is to say
     event = record_failure(run_dir, 1, failures, nproc=3)
     assert isinstance(event, RunFailed) and event.step == 3
     assert "rank 1 (pid 20) was killed by SIGKILL" in event.message
@@ -353,4 +359,4 @@ def test_the_launcher_names_the_failed_rank_only_when_rank_0_wrote_no_final_even
     assert record_failure(run_dir, 0, [], nproc=3) == finished
     assert exit_code(finished, 0, signal.SIGINT) == 128 + signal.SIGINT
     assert exit_code(finished, 0, None) == 0
-    assert Failure(rank=0, pid=1, exitcode=3).describe() == "rank 0 (pid 1) exited with code 3"
+    assert Failure(rank=0, pid=1, exitcode=4).describe() == "rank 0 (pid 1) exited with code 4"

@@ -560,8 +560,8 @@ class _Session:
                 # `tunetui train --nproc` hears from torchrun which rank failed, and how, and writes the run's
                 # RunFailed naming it (core.launch.record_failure): this rank only logs what it saw.
                 log.error("%s", message)
-                event = RunFailed(message=message, kind=kind, run_dir=str(self.run_dir) if self.run_dir else None,
-                                  step=step)
+                event = RunFailed(message=message, kind="peer_failed",
+                                  run_dir=str(self.run_dir) if self.run_dir else None, step=step)
                 return RunOutcome("failed", self.run_dir, None, step or 0, event)
         else:
             kind = "error"

@@ -344,6 +344,10 @@ class _Display:
                 if os.environ.get("RANK", "0") in ("", "0"):  # under torchrun, rank 0 says it once for all
                     print(f"tunetui train: {event.message}", file=sys.stderr)
                 return 2
+            if event.kind == "peer_failed":
+                from core.launch import PEER_FAILED_EXIT
+
+                return PEER_FAILED_EXIT
             return 1
         if event.stopped and signal_number is not None:
             return 128 + signal_number  # the shell convention for "ended by a signal"
