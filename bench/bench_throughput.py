@@ -1,7 +1,7 @@
 """Engine throughput vs a bare PyTorch loop, per method: tokens/s measured side by side (A B A B) in one process.
 
 A = core.training.runner.run (what `tunetui train` runs: Trainer + event callback + events.jsonl).
-B = a plain loop: same model and method set-up (load_model + apply_method), same tokenized batches and collator,
+B = a plain loop: same model and method set-up (load_model + methods.apply), same tokenized batches and collator,
     same batch size, AdamW with the same settings, gradient clipping, loss.item() each step.
 Both train packed text blocks (every sequence is exactly data.max_length tokens), so batch composition cannot
 favour either side. Timed: steps WARMUP+1 .. WARMUP+STEPS of each run, wall clock, one torch thread.
@@ -65,7 +65,7 @@ def bare_tokens_per_second(config) -> float:
     from torch.utils.data import DataLoader
 
     from core.training import data
-    from core.training.methods import apply_method
+    from core.methods import apply as apply_method
     from core.training.models import load_model, load_tokenizer
 
     torch.manual_seed(config.train.seed)

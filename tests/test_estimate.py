@@ -77,7 +77,7 @@ def test_tiny_llama_counts_equal_what_the_engine_and_peft_report():
     from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
     from core.config import FreezeSpec, LoraSpec, MethodSpec
-    from core.training.methods import apply_method
+    from core.methods import apply as apply_method
 
     torch.set_num_threads(1)
     shape = load_shape("demo:tiny-llama")

@@ -154,7 +154,7 @@ def test_fp16_weights_get_fp32_trainable_params_and_the_grad_scaler_accepts_them
     import torch
 
     from core.config import MethodSpec, ModelSpec
-    from core.training.methods import apply_method
+    from core.methods import apply as apply_method
     from core.training.models import load_model
 
     method = MethodSpec(kind=kind)

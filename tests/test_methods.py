@@ -6,7 +6,8 @@ import pytest
 
 from core.config import FreezeSpec, LoraSpec, MethodSpec, ModelSpec
 from core.errors import TuneError
-from core.training.methods import apply_method, linear_target_names
+from core.methods import apply as apply_method
+from core.training.anatomy import linear_target_names
 from core.training.models import load_model
 
 

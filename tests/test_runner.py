@@ -362,3 +362,40 @@ def test_classification_evaluations_report_accuracy_macro_f1_and_a_confusion_mat
     summary = rundir.summarize(outcome.run_dir)
     assert summary.eval_metrics["accuracy"] == last.metrics["accuracy"]
     assert sorted(summary.labels) == ["negative", "positive"]
+
+
+@pytest.mark.parametrize("kind", ["freeze", "lora"])
+def test_checkpointed_backward_recomputes_only_blocks_that_need_gradients(kind, output_dir, small_config,
+                                                                         demo_model_dir, monkeypatch):
+    """Freeze top-1 under gradient checkpointing: the three frozen blocks below run once a step (backward stops
+    at the trained block), the trained one twice (forward + recomputation). LoRA trains every block: all twice."""
+    from core import methods
+
+    calls: dict[int, int] = {}
+    method = methods.get(kind)
+    prepare = method.prepare
+
+    def counting_prepare(model, spec, task, **kw):
+        from core.training.anatomy import find_blocks
+
+        model, described = prepare(model, spec, task, **kw)
+        index = {id(block.mlp): i for i, block in enumerate(find_blocks(model)[1])}
+        mlp_class = type(find_blocks(model)[1][0].mlp)
+        forward = mlp_class.forward
+
+        # Patched on the class: module hooks do not fire when checkpointing recomputes a block.
+        def counting_forward(self, *args, **kwargs):
+            if self.training and id(self) in index:  # not the evaluation's forwards
+                calls[index[id(self)]] = calls.get(index[id(self)], 0) + 1
+            return forward(self, *args, **kwargs)
+
+        monkeypatch.setattr(mlp_class, "forward", counting_forward)
+        return model, described
+
+    monkeypatch.setattr(method, "prepare", counting_prepare)
+    config = small_config(output_dir, method={"kind": kind, "freeze": {"trainable_layers": 1}},
+                          train={"max_steps": 3, "gradient_checkpointing": True, "eval_steps": 0})
+    outcome = run(config, lambda event: None)
+    assert outcome.status == "finished", outcome.event
+    per_step = {i: n / 3 for i, n in sorted(calls.items())}
+    assert per_step == ({0: 1, 1: 1, 2: 1, 3: 2} if kind == "freeze" else {0: 2, 1: 2, 2: 2, 3: 2}), per_step

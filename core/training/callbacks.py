@@ -165,3 +165,18 @@ def _num(value) -> float | None:
         return None if value is None else float(value)
     except (TypeError, ValueError):
         return None
+
+
+class BackwardFromTrainable(TrainerCallback):
+    """Lets the backward pass stop at the lowest block that trains, under gradient checkpointing.
+
+    When the Trainer turns checkpointing on, transformers also makes the input embeddings' output require grad
+    (`enable_input_require_grads`): the reentrant checkpoint variant needs that for gradients to reach parameters
+    inside a checkpointed block. The runner uses the non-reentrant variant (`use_reentrant: False`), which does
+    not, and peft's own k-bit preparation skips the hook for it too. Left on, the hook makes backward run through
+    (and recompute) every frozen block below a Freeze run's trainable ones, and compute a gradient nobody uses.
+    """
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if args.activation_checkpointing and model is not None:
+            model.disable_input_require_grads()

@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
-from core import rundir
+from core import methods, rundir
 from core.errors import TuneError
 
 
@@ -26,7 +26,7 @@ def merge_run(run_dir: str | Path, out_dir: str | Path, *, checkpoint: str | Pat
     say = progress or (lambda text: None)
     run_dir = Path(run_dir).expanduser()
     config = rundir.load_run_config(run_dir)
-    if config.method.kind not in ("lora", "qlora"):
+    if not methods.get(config.method.kind).adapter:
         raise TuneError(f"{run_dir} is a {config.method.kind} run: there is no adapter to merge", "--merge",
                         f"Its final/ folder already holds the whole model: load {run_dir / rundir.FINAL} directly")
     adapter = _adapter_dir(run_dir, checkpoint)

@@ -103,7 +103,9 @@ def weight_dtype_name(model_dtype: str, method_kind: str, precision: str) -> str
     if precision == "bf16":
         return "bfloat16"
     if precision == "fp16":
-        return "float32" if method_kind == "full" else "float16"
+        from core import methods
+
+        return "float32" if methods.get(method_kind).trains_every_weight else "float16"
     return "float32"
 
 

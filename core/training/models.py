@@ -254,7 +254,9 @@ def load_model(spec: ModelSpec, method: MethodSpec, task: str, num_labels: int |
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
     model_dir = model_dir or resolve_model_dir(spec)
-    quantize = method.kind == "qlora" if quantize is None else quantize
+    from core import methods
+
+    quantize = methods.get(method.kind).quantized if quantize is None else quantize
     kwargs: dict = {"trust_remote_code": spec.trust_remote_code}
     try:
         config = AutoConfig.from_pretrained(model_dir, trust_remote_code=spec.trust_remote_code)
@@ -276,20 +278,13 @@ def load_model(spec: ModelSpec, method: MethodSpec, task: str, num_labels: int |
         auto = AutoModelForCausalLM
 
     if quantize:
-        from transformers import BitsAndBytesConfig
-
         check_bitsandbytes(device, method.quant.bits)
         q = method.quant
         # A run passes its compute dtype, decided from its precision (core.training.gpu.compute_dtype_name).
         compute = dtype if dtype is not None and dtype != "auto" else resolve_dtype(q.compute_dtype, device)
         # None: transformers' own choice (it keeps lm_head out); a classifier's new head must stay out too.
         skip = _new_head_skips(auto, config, spec.trust_remote_code) if task == "classification" else None
-        if q.bits == 4:
-            kwargs["quantization_config"] = BitsAndBytesConfig(
-                load_in_4bit=True, bnb_4bit_quant_type=q.type, bnb_4bit_use_double_quant=q.double_quant,
-                bnb_4bit_compute_dtype=compute, llm_int8_skip_modules=skip)
-        else:
-            kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
+        kwargs["quantization_config"] = methods.get(method.kind).quantization_config(method, compute, skip)
         kwargs["dtype"] = compute
         kwargs["device_map"] = {"": _placement(device)}  # bnb quantizes while loading onto this device
     else:
@@ -332,12 +327,12 @@ def _new_head_skips(auto, config, trust_remote_code: bool) -> list[str] | None:
     parameter; that catches Llama's `score` (no bias) but not BERT's `classifier`, whose last parameter is its bias.
     Quantized, the freshly initialised head cannot train: PEFT's modules_to_save copy of a Linear4bit fails in
     bitsandbytes (`fix_4bit_weight_quant_state_from_module`) at the first step. The head is found the way the LoRA
-    method finds what to save (core.training.methods.head_names), on a weightless (meta device) copy of the model.
+    method finds what to save (core.training.anatomy.head_names), on a weightless (meta device) copy of the model.
     Setting llm_int8_skip_modules replaces the defaults (it applies to 4-bit as well), so they are added back.
     """
     import torch
 
-    from core.training.methods import head_names
+    from core.training.anatomy import head_names
 
     try:
         with torch.device("meta"):

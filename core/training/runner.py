@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core import config as cfg
+from core import methods
 from core import rundir
 from core.config import RunConfig
 from core.control import RunControl
@@ -199,7 +200,7 @@ class _Session:
             import torch
 
             torch.cuda.reset_peak_memory_stats()  # an out-of-memory report measures this run, not earlier ones
-        if config.method.kind == "qlora":
+        if methods.get(config.method.kind).quantized:
             check_bitsandbytes(device, config.method.quant.bits)  # fail before any work, and say why
 
         self.group.init(device)  # under torchrun: rank 0's run folder reaches the others through the group
@@ -323,7 +324,7 @@ class _Session:
         from transformers import set_seed
 
         from core.training import gpu
-        from core.training.methods import apply_method
+        from core.methods import apply as apply_method
         from core.training.models import load_model, load_tokenizer, resolve_model_dir
 
         if not _engine_imported:
@@ -355,7 +356,7 @@ class _Session:
             rundir.write_labels(self.run_dir, labels)
         precision = getattr(self, "precision", "fp32")
         dtype = gpu.torch_dtype(gpu.compute_dtype_name(config.method.quant.compute_dtype, precision)
-                                if config.method.kind == "qlora"
+                                if methods.get(config.method.kind).quantized
                                 else gpu.weight_dtype_name(config.model.dtype, config.method.kind, precision))
         model = load_model(config.model, config.method, prepared.task, len(labels) if labels else None, device,
                            label_names=labels, pad_token_id=tokenizer.pad_token_id, model_dir=model_dir,
@@ -387,7 +388,7 @@ class _Session:
     def _train(self, config, device, precision, prepared, tokenizer, model, checkpoint) -> RunOutcome:
         from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-        from core.training.callbacks import EventCallback
+        from core.training.callbacks import BackwardFromTrainable, EventCallback
         from core.training.guard import GuardedTrainer
 
         self.precision = precision
@@ -404,7 +405,7 @@ class _Session:
             check_grad_norm=precision != "fp16", model=model, args=args, train_dataset=prepared.train,
             eval_dataset=prepared.val if has_val else None,
             data_collator=prepared.collator(tokenizer), processing_class=tokenizer,
-            callbacks=[self.callback],
+            callbacks=[self.callback, BackwardFromTrainable()],
             compute_metrics=_accuracy if prepared.task == "classification" else None,
         )
         # The Trainer prints logs to stdout by default; events carry them instead.
@@ -461,8 +462,7 @@ class _Session:
         tmp.rename(final)
         shutil.rmtree(old, ignore_errors=True)
         # The Trainer's own line names the temporary folder; say where the result is.
-        log.info("Saved the final %s to %s", "adapter" if self.config.method.kind in ("lora", "qlora") else "model",
-                 final)
+        log.info("Saved the final %s to %s", methods.get(self.config.method.kind).saves, final)
         return final
 
     # ---------------------------------------------------------------- endings
