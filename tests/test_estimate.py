@@ -32,8 +32,9 @@ def test_full_bf16_terms_by_hand():
     assert _bytes(e.optimizer_gib) == pytest.approx(4 * SMALL_TOTAL)  # AdamW states in bf16
     # per block and token: 20h + 4h_kv + 8I = 1280 + 128 + 1024 = 2432; outside the blocks (4+2+2)h = 512
     assert _bytes(e.activations_gib) == pytest.approx(tokens * (2 * 2432 + 512))
-    assert _bytes(e.logits_gib) == pytest.approx(tokens * 100 * 14)
-    dynamic = tokens * (2 * 2432 + 512) + tokens * 1400
+    # loss buffers at the start of backward: fp32 log-softmax, its gradient and nll_loss's gradient, 12 B a logit
+    assert _bytes(e.logits_gib) == pytest.approx(tokens * 100 * 12)
+    dynamic = tokens * (2 * 2432 + 512) + tokens * 1200
     # no accumulation: gradients (173,696 B) and activations never coexist, the larger one counts
     expected = 2 * SMALL_TOTAL + 4 * SMALL_TOTAL + max(dynamic, 2 * SMALL_TOTAL) + CTX + 0.1 * dynamic
     assert _bytes(e.peak_gib) == pytest.approx(expected)
@@ -51,16 +52,20 @@ def test_lora_qlora_and_freeze_terms_by_hand():
     assert lora.trainable_params == 2 * 8_192
     assert _bytes(lora.weights_gib) == pytest.approx(2 * SMALL_TOTAL + 4 * 16_384)  # fp32 adapters
     assert _bytes(lora.optimizer_gib) == pytest.approx(8 * 16_384)
-    # + per block: rank outputs 7·2·8 = 112, dropout copies and masks 3·(6·64 + 128) = 1536
-    assert _bytes(lora.activations_gib) == pytest.approx(16 * (2 * (2432 + 1648) + 512))
+    # A frozen block keeps per token: the two norms' fp32 inputs 2·4h = 512, SDPA's q, k, v, out 2·(2q + 2kv) and
+    # its fp32 log-sum-exp per head (16) = 400, gate/up/act 3·2I = 768 — 1680; the adapters add the half copies of
+    # their inputs and the 1-byte dropout masks 3·(6·64 + 128) = 1536 and rank outputs 7·2·8 = 112 — 1648.
+    assert _bytes(lora.activations_gib) == pytest.approx(16 * (2 * (1680 + 1648) + 512))
 
     qlora = estimate(shape, base.with_(method="qlora", gradient_checkpointing=True))
     nf4_dq = SMALL_LINEAR * (4 + 8 / 64 + 32 / (64 * 256)) / 8  # 4.127 bits per quantized weight
     assert _bytes(qlora.weights_gib) == pytest.approx(nf4_dq + 4 * (SMALL_TOTAL - SMALL_LINEAR) + 4 * 16_384)
     plain = estimate(shape, base.with_(method="qlora", double_quant=False))
     assert _bytes(plain.weights_gib - qlora.weights_gib) == pytest.approx(SMALL_LINEAR * (4.5 - 4.126953125) / 8)
-    # checkpointing keeps each block's input (2h) plus one block being recomputed
-    assert _bytes(qlora.activations_gib) == pytest.approx(16 * (2 * 128 + 2432 + 1648 + 512))
+    # peft's k-bit preparation leaves the embeddings in fp32, so checkpointing keeps each block's fp32 input (4h)
+    # plus one block being recomputed, whose quantized MLP returns fp32 (3·4I = 1536): 512 + 400 + 1536 + 1648;
+    # outside the blocks (4 + 2 + 4)h
+    assert _bytes(qlora.activations_gib) == pytest.approx(16 * (2 * 256 + 2448 + 1648 + 640))
 
     freeze = estimate(shape, base.with_(method="freeze", trainable_layers=1, optim="adamw8bit"))
     assert freeze.trainable_params == 36_992
@@ -207,6 +212,76 @@ def test_bert_classification_counts_and_mixed_precision_terms():
     # AMP: fp32 weights and grads, 8 B of AdamW state, and the half copies autocast makes for the step
     assert (_bytes(e.weights_gib), _bytes(e.gradients_gib), _bytes(e.optimizer_gib)) == \
         pytest.approx((4 * n, 4 * n, 8 * n))
-    assert _bytes(e.overhead_gib) == pytest.approx(CTX + 2 * n + 0.1 * _bytes(e.activations_gib))
+    # allocator slack on what comes and goes: the activations, then the widest gradients of a block's backward
+    # (fc1's output and the GELU's, 2·2I, and the fp32 residual stream's in and out, 2·4h) per token
+    work = 2 * 16 * (2 * 2 * 256 + 2 * 4 * 64)
+    assert _bytes(e.overhead_gib) == pytest.approx(CTX + 2 * n + 0.1 * (_bytes(e.activations_gib) + work))
     fp32 = estimate(shape, amp.with_(precision="fp32"))
     assert fp32.activations_gib > e.activations_gib > 0
+
+
+LLAMA2_7B = {"model_type": "llama", "hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
+             "num_attention_heads": 32, "vocab_size": 32000}
+P7B = 6_738_415_616
+BLOCK_7B = 202_383_360  # 4·4096² + 3·4096·11008 + 2·4096
+ROOT_7B = 262_148_096  # embeddings and LM head 2·32000·4096, final norm 4096
+
+
+def test_fsdp_and_ddp_split_a_7b_full_fine_tune_over_4_gpus():
+    shape = shape_from_config(LLAMA2_7B)
+    assert shape.layer_params == BLOCK_7B
+    # grad_accum 2: gradients live beside the activations, so every term adds and the arithmetic is linear
+    one = EstimateSettings(method="full", batch_size=1, seq_len=2048, gradient_checkpointing=True, grad_accum=2)
+    single = estimate(shape, one)
+    assert single.strategy == "single" and single.gpus == 1
+    fsdp = estimate(shape, one.with_(gpus=4, distributed="fsdp"))
+    assert (fsdp.strategy, fsdp.gpus) == ("fsdp", 4)
+    # bf16 weights (2 B), bf16 gradients (2 B) and AdamW states in bf16 (4 B): each ÷ 4
+    assert _bytes(fsdp.weights_gib) == pytest.approx(2 * P7B / 4)
+    assert _bytes(fsdp.gradients_gib) == pytest.approx(2 * P7B / 4)
+    assert _bytes(fsdp.optimizer_gib) == pytest.approx(4 * P7B / 4)
+    # the largest unit gathered whole: the root (embeddings, norm, head: 262 M) beats a block (202 M); its bf16
+    # weights and, in backward, its bf16 gradients
+    assert _bytes(fsdp.gathered_gib) == pytest.approx(ROOT_7B * (2 + 2))
+    assert fsdp.activations_gib == single.activations_gib and fsdp.logits_gib == single.logits_gib
+    assert _bytes(fsdp.peak_gib) == pytest.approx(_bytes(single.peak_gib) - 0.75 * 8 * P7B + ROOT_7B * 4)
+
+    ddp = estimate(shape, one.with_(gpus=4, distributed="ddp"))
+    assert ddp.strategy == "ddp" and ddp.weights_gib == single.weights_gib
+    # a full replica plus DDP's buckets: the trainable gradients once more
+    assert _bytes(ddp.buckets_gib) == pytest.approx(2 * P7B)
+    assert _bytes(ddp.peak_gib) == pytest.approx(_bytes(single.peak_gib) + 2 * P7B)
+
+    # auto: DDP while a replica fits the free memory, FSDP once it does not; DDP when the memory is not known
+    assert estimate(shape, one.with_(gpus=4)).strategy == "ddp"
+    assert estimate(shape, one.with_(gpus=4, gpu_free_gib=141)).strategy == "ddp"
+    assert estimate(shape, one.with_(gpus=4, gpu_free_gib=40)).strategy == "fsdp"
+
+
+def test_fsdp_shards_the_4_bit_base_of_qlora_and_checks_its_input():
+    shape = shape_from_config(LLAMA2_7B)
+    one = EstimateSettings(method="qlora", batch_size=1, seq_len=1024, gradient_checkpointing=True)
+    single, fsdp = estimate(shape, one), estimate(shape, one.with_(gpus=8, distributed="fsdp"))
+    assert fsdp.weights_gib == pytest.approx(single.weights_gib / 8)
+    assert fsdp.optimizer_gib == pytest.approx(single.optimizer_gib / 8)
+    assert any("4-bit base" in n for n in fsdp.notes)
+    # the gathered unit: the fp32 root (embeddings, head) outweighs a 4-bit block
+    assert _bytes(fsdp.gathered_gib) == pytest.approx(ROOT_7B * 4)
+    with pytest.raises(TuneError, match="GPU count"):
+        estimate(shape, one.with_(gpus=0))
+    with pytest.raises(TuneError, match="Unknown distributed strategy"):
+        estimate(shape, one.with_(gpus=2, distributed="zero3"))
+
+
+def test_loss_buffers_and_a_recomputed_block_are_not_counted_together():
+    shape = shape_from_config(LLAMA2_7B)
+    s = EstimateSettings(method="lora", batch_size=1, seq_len=4096, gradient_checkpointing=True)
+    e = estimate(shape, s)
+    tokens = 4096
+    assert _bytes(e.logits_gib) == pytest.approx(tokens * 32000 * 12)
+    # the peak holds the checkpoints with the larger of the loss buffers and one block's recompute, so it sits
+    # below the sum of the parts
+    parts = e.weights_gib + e.trainable_state_gib + e.activations_gib + e.logits_gib + e.overhead_gib
+    assert e.peak_gib < parts
+    chunked = estimate(shape, s.with_(chunked_loss=True))
+    assert chunked.peak_gib < e.peak_gib and _bytes(chunked.logits_gib) == pytest.approx(tokens * 32000 * 2)

@@ -10,7 +10,7 @@ from core.resources.gpus import ScriptedSampler, fake_snapshot
 from core.resources.preflight import oom_advice, preflight
 from core.resources.recommend import FIT_FRACTION, recommend
 
-# Llama-3.2-1B's shape: full ≈ 11.8 GiB, freeze ≈ 7.6, LoRA ≈ 7.4, QLoRA ≈ 6.6 at these settings.
+# Llama-3.2-1B's shape: full ≈ 11.1 GiB, freeze ≈ 6.8, LoRA ≈ 6.5, QLoRA ≈ 5.8 at these settings.
 L1B = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 2048, "intermediate_size": 8192,
        "num_hidden_layers": 16, "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 128256,
        "tie_word_embeddings": True}
@@ -19,8 +19,8 @@ SETTINGS = EstimateSettings(batch_size=4, seq_len=512, gradient_checkpointing=Tr
 
 
 @pytest.mark.parametrize("snap, rows, method, words", [
-    (fake_snapshot([8]), None, "qlora", "Memory is tight"),
-    (fake_snapshot([8]), 100_000, "qlora", "Memory is tight"),
+    (fake_snapshot([7]), None, "qlora", "Memory is tight"),
+    (fake_snapshot([7]), 100_000, "qlora", "Memory is tight"),
     (fake_snapshot([24]), None, "lora", "usual default"),
     (fake_snapshot([24]), 100_000, "full", "enough data"),
     (fake_snapshot([80]), None, "lora", "usual default"),
@@ -42,7 +42,7 @@ def test_no_gpu_says_so_and_what_a_gpu_would_need():
     rec = recommend(SHAPE, SETTINGS, None)
     assert rec.no_gpu and rec.free_gib is None and set(rec.fit.values()) == {"no"}  # 1.24 B: too big for a CPU
     assert rec.reason.startswith("No NVIDIA GPU found") and "too big to train on a CPU" in rec.reason
-    assert f"LoRA {rec.estimates['lora'].peak_gib:.1f}" in rec.reason and "GPU with 12 GiB" in rec.reason
+    assert f"LoRA {rec.estimates['lora'].peak_gib:.1f}" in rec.reason and "GPU with 8 GiB" in rec.reason
     tiny = recommend(shape_from_config({**L1B, "hidden_size": 128, "intermediate_size": 384,
                                         "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2,
                                         "vocab_size": 4096}), SETTINGS, None)
@@ -50,7 +50,7 @@ def test_no_gpu_says_so_and_what_a_gpu_would_need():
 
 
 def test_a_better_method_that_does_not_fit_comes_with_changes_that_make_it_fit():
-    free = 8.0
+    free = 7.0
     rec = recommend(SHAPE, SETTINGS, free, 1_000)
     assert rec.method == "qlora" and rec.fit["lora"] != "fits"
     lora_fixes = [s for s in rec.suggestions if s.method == "lora"]
@@ -63,7 +63,9 @@ def test_a_better_method_that_does_not_fit_comes_with_changes_that_make_it_fit()
     squeezed = recommend(SHAPE, SETTINGS.with_(gradient_checkpointing=False, seq_len=2048), 6.0)
     assert all(squeezed.fit[m] == "no" for m in squeezed.fit)
     assert squeezed.suggestions[0].fits and squeezed.suggestions[0].method == squeezed.method
-    assert "gradient checkpointing" in squeezed.suggestions[0].change and "fits with" in squeezed.reason
+    # one change is enough for Freeze (a shorter max length), and the reason names it
+    first = squeezed.suggestions[0]
+    assert " + " not in first.change and f"fits with {first.change}" in squeezed.reason
 
 
 def _config(**sets):
@@ -114,3 +116,45 @@ def test_estimate_command_prints_json_for_a_folder_with_only_config_json(tmp_pat
     assert command.run(args) == 0
     text = capsys.readouterr().out
     assert "QLoRA" in text and "Recommended" in text and "Full " not in text
+
+
+L2_7B = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 4096, "intermediate_size": 11008,
+         "num_hidden_layers": 32, "num_attention_heads": 32, "vocab_size": 32000}
+
+
+def test_full_with_fsdp_over_4_gpus_when_one_gpu_is_too_small():
+    shape = shape_from_config(L2_7B, "llama-2-7b")
+    settings = EstimateSettings(batch_size=1, seq_len=2048, gradient_checkpointing=True)
+    alone = recommend(shape, settings, 40.0, 100_000)
+    assert alone.method != "full" and alone.fit["full"] == "no"
+    four = recommend(shape, settings.with_(gpus=4), 40.0, 100_000)
+    full = four.estimates["full"]
+    assert four.method == "full" and full.strategy == "fsdp" and full.gpus == 4
+    assert "FSDP over 4 GPUs" in four.reason and f"{full.peak_gib:.1f} GiB per GPU" in four.reason
+    assert full.peak_gib <= FIT_FRACTION * 40.0
+    # LoRA's replica fits one GPU: it stays on DDP
+    assert four.estimates["lora"].strategy == "ddp"
+    roomy = recommend(shape, settings.with_(gpus=4), 141.0, 100_000)
+    assert roomy.method == "full" and roomy.estimates["full"].strategy == "ddp" and "DDP" in roomy.reason
+
+
+def test_estimate_command_prints_per_gpu_figures_and_the_strategy(tmp_path, capsys):
+    from tui.commands import estimate as command
+
+    (tmp_path / "config.json").write_text(json.dumps(L2_7B))
+    parser = argparse.ArgumentParser()
+    command.add_arguments(parser)
+    args = parser.parse_args([str(tmp_path), "--vram", "40", "--gpus", "4", "--gradient-checkpointing",
+                              "--max-length", "2048", "--batch-size", "1", "--rows", "100000", "--json"])
+    assert command.run(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["gpus"] == 4 and out["per_gpu"] and out["settings"]["distributed"] == "auto"
+    full = out["methods"][0]
+    assert full["strategy"] == "fsdp" and full["gpus"] == 4 and full["gathered_gib"] > 0
+    assert out["recommended"] == "full" and "FSDP over 4 GPUs" in out["reason"]
+
+    args = parser.parse_args([str(tmp_path), "--vram", "80", "--gpus", "2", "--distributed", "ddp",
+                              "--method", "full"])
+    assert command.run(args) == 0
+    text = capsys.readouterr().out
+    assert "free GPU memory per GPU: 80.0 GiB" in text and "Per GPU, 2 GPUs: Full DDP" in text

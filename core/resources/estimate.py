@@ -32,6 +32,16 @@ BNB_MIN_8BIT_SIZE = 4096
 # quantization stores the absmax in 8 bits per 64 plus an fp32 per 256 blocks (4.127 bits). QLoRA paper §3.
 NF4_BITS = 4 + 32 / 64
 NF4_DQ_BITS = 4 + 8 / 64 + 32 / (64 * 256)
+# HF's causal-LM loss (transformers loss_utils.ForCausalLMLoss) casts the logits to fp32 and runs
+# cross_entropy = log_softmax + nll_loss. At the start of backward three fp32 vocab-wide tensors per token are live:
+# log_softmax's output (saved for its backward), nll_loss's dense gradient and log_softmax's input gradient. The
+# half logits and their fp32 copy are gone by then (the Trainer drops the model outputs before backward; neither is
+# saved by autograd), and in the forward the most held at once is half + fp32 + log_softmax = 10 bytes.
+LOSS_BYTES_PER_VOCAB = 12.0
+# Where "auto" chooses between DDP and FSDP, and where the recommender calls a method a fit: the peak must stay
+# under this share of the free memory (ESTIMATION.md §3.6: allocator peaks are spiky).
+FIT_FRACTION = 0.9
+STRATEGIES = ("auto", "ddp", "fsdp")
 
 # Families whose parameter layout is written out below; anything else is counted on the meta device.
 _LLAMA_LIKE = ("llama", "mistral", "qwen2", "qwen3")
@@ -433,6 +443,17 @@ class EstimateSettings:
     grads_freed_after_step: bool = True
     """The Trainer drops gradients after each optimizer step (zero_grad(set_to_none=True), torch >= 2.0), so
     with no accumulation they never meet the next forward's activations."""
+    quant_saves_input: bool = False
+    """QLoRA: bitsandbytes releases of 2023 (MatMul4Bit: ctx.tensors = (A, B)) kept each quantized matmul's input
+    for backward although the frozen weight needs no gradient; current releases keep only the weight."""
+    gpus: int = 1
+    """GPUs the run is spread over (data parallel: each GPU runs `batch_size` examples per forward)."""
+    distributed: str = "auto"
+    """auto | ddp | fsdp, for gpus > 1. DDP keeps a full replica per GPU; FSDP (full shard) splits weights,
+    gradients and optimizer state over the GPUs. auto: DDP when it fits `gpu_free_gib`, else FSDP (DDP when the
+    free memory is not known)."""
+    gpu_free_gib: float | None = None
+    """Free memory per GPU, for `distributed: auto` only."""
 
     @classmethod
     def from_config(cls, config: Any) -> "EstimateSettings":
@@ -480,6 +501,18 @@ class Estimate:
     """The part of overhead for allocator fragmentation: in torch's reserved memory, not in max_memory_allocated."""
     gradients_gib: float = 0.0
     optimizer_gib: float = 0.0
+    strategy: str = "single"
+    """single (one GPU) | ddp | fsdp: how the figures above are split; every figure is per GPU."""
+    gpus: int = 1
+    gathered_gib: float = 0.0
+    """FSDP: the largest unit all-gathered at once (its full weights, and its gradients in backward)."""
+    buckets_gib: float = 0.0
+    """DDP: the gradient buckets all-reduce works in (a second copy of the trainable gradients)."""
+
+    @property
+    def strategy_text(self) -> str:
+        """"" on one GPU, else e.g. "FSDP over 4 GPUs"."""
+        return "" if self.strategy == "single" else f"{self.strategy.upper()} over {self.gpus} GPUs"
 
 
 def _validate(s: EstimateSettings) -> None:
@@ -497,6 +530,9 @@ def _validate(s: EstimateSettings) -> None:
     check(s.lora_r >= 1, f"LoRA rank is {s.lora_r}", "Use a rank of 1 or more, e.g. 8")
     check(s.trainable_layers != 0, "Freeze with 0 trainable layers trains nothing", "Use N > 0 (top) or -N (bottom)")
     check(s.task in ("causal_lm", "classification"), f"Unknown task {s.task!r}", "Use causal_lm or classification")
+    check(s.gpus >= 1, f"GPU count is {s.gpus}", "Use 1 or more GPUs")
+    check(s.distributed in STRATEGIES, f"Unknown distributed strategy {s.distributed!r}",
+          "Use one of: " + ", ".join(STRATEGIES))
 
 
 def _lora_layers(shape: ModelShape, s: EstimateSettings) -> tuple[LinearShape, ...]:
@@ -565,19 +601,28 @@ def _dtype_bytes(s: EstimateSettings) -> tuple[float, float]:
     """(bytes of a matmul output / saved linear input, bytes of the residual stream).
 
     bf16/fp16 weights: both half. An fp32 model under autocast (AMP): matmuls run in half precision, but the
-    embeddings, residual adds and norms stay fp32. fp32: both 4."""
+    embeddings, residual adds and norms stay fp32. QLoRA after peft's k-bit preparation: the embeddings are fp32,
+    so the residual stream is too. fp32: both 4."""
     if s.precision == "fp32":
         return 4.0, 4.0
     amp = s.weights_dtype == "float32" or (s.precision == "fp16" and s.method in ("full", "freeze"))
-    return 2.0, 4.0 if amp else 2.0
+    upcast = s.method == "qlora" and s.upcast_non_quantized
+    return 2.0, 4.0 if amp or upcast else 2.0
 
 
 def activation_bytes_per_token(shape: ModelShape, s: EstimateSettings) -> dict[str, float]:
     """Saved activations per token: one block (`layer`), the block input kept by checkpointing (`checkpoint`), LoRA
-    extras per block (`lora`) and the part outside the blocks (`outside`)."""
+    extras per block (`lora`) and the part outside the blocks (`outside`).
+
+    A block whose weights train keeps every linear's input (its weight gradient needs it). A frozen block under
+    LoRA/QLoRA keeps only what the gradient of its input needs: autograd saves a matmul's input only for the
+    weight's gradient, and a norm's normalised copy only for the norm weight's gradient. These counts were checked
+    tensor by tensor with torch.autograd.graph.saved_tensors_hooks on transformers' Llama with peft (see
+    docs/estimator.md)."""
     ab, sb = _dtype_bytes(s)
     h, inter, heads = shape.hidden_size, shape.intermediate_size, shape.num_heads
     q, kv = shape.q_dim or h, shape.kv_dim or h
+    frozen_base = s.method in ("lora", "qlora")
     # Autocast runs softmax in fp32: eager attention keeps the fp32 probabilities, plus the half copy the next
     # matmul saves (with fp32 compute that copy is the same tensor).
     probs = 4.0 + (ab if ab < 4 else 0.0)
@@ -588,6 +633,23 @@ def activation_bytes_per_token(shape: ModelShape, s: EstimateSettings) -> dict[s
         layer = ab * (6 * h + 2 * inter) + 2 * h + 2 * 4.0 * h
         # Attention dropout: fp32 probabilities, the 1-byte mask and the dropped probabilities the matmul saves.
         eager = (4.0 + 1 + ab) * heads * s.seq_len
+    elif frozen_base:
+        # Each norm keeps its fp32 input (4h) and nothing else: its weight is frozen. SDPA keeps q, k, v, its output
+        # and the fp32 log-sum-exp per head. The gated MLP keeps gate and up outputs and the activation (the
+        # product feeds a frozen down projection); a plain MLP its fc1 output and the activation. A quantized
+        # linear returns its input's dtype, which is fp32 after the k-bit preparation's fp32 norms.
+        mb = 4.0 if s.method == "qlora" and s.upcast_non_quantized else ab
+        norms = shape.norms_per_layer * 4.0 * h
+        attn = ab * (2 * q + 2 * kv) + 4.0 * heads
+        mlp = (3 if shape.gated_mlp else 2) * mb * inter
+        layer = norms + attn + mlp
+        if s.method == "qlora" and s.quant_saves_input:
+            # The half-precision input of each quantized matmul: q/k/v and gate/up share one when it is already
+            # half; after the fp32 upcast each layer casts (and keeps) its own.
+            upcast = s.upcast_non_quantized
+            layer += ab * (sum(lin.in_features for lin in shape.linears) if upcast else
+                           shape.norms_per_layer * h + q + inter)
+        eager = probs * heads * s.seq_len
     else:
         # ESTIMATION.md §3.3: each RMSNorm keeps its fp32 input and its output; q/k/v input; SDPA keeps q, k, v, out;
         # MLP input; gate, up, act and product (4I) or fc1 out and act (2I) — 20h + 4h_kv + 8I for Llama in bf16.
@@ -598,12 +660,27 @@ def activation_bytes_per_token(shape: ModelShape, s: EstimateSettings) -> dict[s
     if s.attention == "eager":
         layer += eager
     lora = 0.0
-    if s.method in ("lora", "qlora"):
+    if frozen_base:
         for lin in _lora_layers(shape, s):
-            lora += ab * s.lora_r  # lora_A's output, kept for lora_B's gradient
+            # peft casts the input to the adapter's fp32 and autocast casts it back to half for lora_A, which saves
+            # that copy (one per adapted layer: q, k and v each keep their own); lora_B saves lora_A's output;
+            # dropout adds a 1-byte mask.
+            lora += ab * lin.in_features + ab * s.lora_r
             if s.lora_dropout > 0:
-                lora += (ab + 1) * lin.in_features  # the dropped copy of the input and its mask
+                lora += 1.0 * lin.in_features
     return {"layer": layer, "checkpoint": sb * h, "lora": lora, "outside": (4 + ab + sb) * h}
+
+
+def _resolve_strategy(s: EstimateSettings, ddp_peak: float) -> str:
+    """single on one GPU; else the asked strategy, or for auto DDP when its peak fits `gpu_free_gib` (or that is
+    unknown), FSDP when it does not."""
+    if s.gpus == 1:
+        return "single"
+    if s.distributed != "auto":
+        return s.distributed
+    if s.gpu_free_gib is None:
+        return "ddp"
+    return "ddp" if ddp_peak <= FIT_FRACTION * s.gpu_free_gib * GIB else "fsdp"
 
 
 def estimate(shape: ModelShape, settings: EstimateSettings) -> Estimate:
@@ -617,26 +694,33 @@ def estimate(shape: ModelShape, settings: EstimateSettings) -> Estimate:
         head = shape.classification_pooler() + shape.classification_head(s.num_labels)
     else:
         head = shape.head_tensors
-    base = sum(shape.embed_tensors) + L * shape.layer_params + sum(shape.final_tensors) + sum(head)
+    root_params = sum(shape.embed_tensors) + sum(shape.final_tensors) + sum(head)
+    base = root_params + L * shape.layer_params
     trainable = trainable_tensors(shape, s)
     n_train = sum(trainable)
     # What peft reports as "all params": the base model plus the adapters (and the trained copy of a new head).
     total = base + n_train if s.method in ("lora", "qlora") else base
 
-    # W: every weight on the GPU.
+    # W: every weight on the GPU. `block_w` / `root_w`: one block's and the rest's share (FSDP's units).
     if s.method in ("full", "freeze"):
         weights = n_train * train_b + (total - n_train) * frozen_b
+        per_param = weights / max(total, 1)
+        block_w, root_w = shape.layer_params * per_param, root_params * per_param
     elif s.method == "lora":
         weights = base * frozen_b + n_train * 4.0  # peft keeps adapters in fp32 (autocast_adapter_dtype)
+        block_w, root_w = shape.layer_params * frozen_b + n_train * 4.0 / L, root_params * frozen_b
     else:
-        quantized = shape.linear_weight_params
+        block_lin = sum(lin.in_features * lin.out_features for lin in shape.linears)
         if s.quant_bits == 4:
             bits = NF4_DQ_BITS if s.double_quant else NF4_BITS
-            low = quantized * bits / 8
+            low_block = block_lin * bits / 8
         else:  # LLM.int8: one byte a weight plus an fp32 scale per output row
-            low = quantized + 4.0 * L * sum(lin.out_features for lin in shape.linears)
+            low_block = block_lin + 4.0 * sum(lin.out_features for lin in shape.linears)
         other_b = 4.0 if s.upcast_non_quantized else 2.0
-        weights = low + (base - quantized) * other_b + n_train * 4.0
+        quantized = L * block_lin
+        weights = L * low_block + (base - quantized) * other_b + n_train * 4.0
+        block_w = low_block + (shape.layer_params - block_lin) * other_b + n_train * 4.0 / L
+        root_w = root_params * other_b
         if s.upcast_non_quantized:
             notes.append(f"The {_count(base - quantized)} weights that stay unquantized (embeddings, "
                          "LM head, norms) are held in fp32 by peft's k-bit preparation.")
@@ -655,45 +739,89 @@ def estimate(shape: ModelShape, settings: EstimateSettings) -> Estimate:
         active = n if s.trainable_layers > 0 else L
     else:
         active = L
-    # Checkpointing keeps each block's input and recomputes one block at a time (ESTIMATION.md §3.3).
-    checkpointed = tokens * (active * per["checkpoint"] + per["layer"] + per["lora"] + per["outside"])
-    kept = tokens * (active * (per["layer"] + per["lora"]) + per["outside"])
-    activations = checkpointed if s.gradient_checkpointing else kept
-
-    # Lg: logits and cross-entropy buffers: half logits, their fp32 upcast, log-softmax and its gradient.
+    _, sb = _dtype_bytes(s)
+    one_block = tokens * (per["layer"] + per["lora"])
+    # Lg: logits and cross-entropy buffers (LOSS_BYTES_PER_VOCAB); chunked losses keep about one half-precision
+    # logits row per token.
     if s.task == "classification":
         logits = 0.0
     else:
         ab, _ = _dtype_bytes(s)
-        per_vocab = ab if s.chunked_loss else ab + (4.0 if ab < 4 else 0.0) + 8.0
-        logits = tokens * shape.vocab_size * per_vocab
-        if logits > max(activations, 1):
-            notes.append(f"The logits for a {shape.vocab_size:,}-token vocabulary ({logits / GIB:.1f} GiB) are "
-                         "the largest per-token cost: a shorter max length or smaller batch cuts them.")
+        logits = tokens * shape.vocab_size * (ab if s.chunked_loss else LOSS_BYTES_PER_VOCAB)
+    # A block's backward works with gradients as wide as the MLP: the product's gradient, then the two the
+    # product hands back (gated MLP; one for a plain MLP), while the residual stream's gradient flows in and out.
+    ab, _ = _dtype_bytes(s)
+    grad_work = tokens * (ab * (3 if shape.gated_mlp else 2) * shape.intermediate_size + 2 * sb * shape.hidden_size)
+    # The loss buffers peak at the start of backward and are freed before the first block's backward starts, so
+    # the peak holds the larger of the two, not both.
+    if s.gradient_checkpointing:
+        # Non-reentrant checkpointing (what tunetui asks for) keeps each block's input; in backward it recomputes
+        # one block at a time, holding that block's saved tensors while it runs that block's backward.
+        kept = tokens * (active * per["checkpoint"] + per["outside"])
+        activations = kept + one_block
+        transient_peak = kept + max(logits, one_block + grad_work)
+    else:
+        # Every block's saved tensors are live when backward starts.
+        activations = tokens * (active * (per["layer"] + per["lora"]) + per["outside"])
+        transient_peak = activations + max(logits, grad_work)
+    if logits > max(activations, 1):
+        notes.append(f"The logits for a {shape.vocab_size:,}-token vocabulary ({logits / GIB:.1f} GiB) are "
+                     "the largest per-token cost: a shorter max length or smaller batch cuts them.")
 
-    # QLoRA dequantizes one weight at a time for each matmul: a transient the size of the largest linear.
+    # QLoRA dequantizes one weight at a time for each matmul (bitsandbytes frees it after the matmul): a transient
+    # the size of the largest linear in the compute dtype.
     transient = 0.0
     if s.method == "qlora" and shape.linears:
         transient = max(lin.in_features * lin.out_features for lin in shape.linears) * 2.0
-
-    # With one forward per step the Trainer frees gradients after the optimizer step (set_to_none), so they grow
-    # while backward frees activations: the peak holds the larger of the two. With accumulation they coexist.
-    if s.grad_accum > 1 or not s.grads_freed_after_step:
-        dynamic = activations + logits + grads
-    else:
-        dynamic = max(activations + logits, grads)
-        if grads > activations + logits and activations > 0:
-            notes.append("Gradients and activations are not held at once (no gradient accumulation): the peak "
-                         "counts the larger, so the parts add up to more than the peak.")
     # Autocast caches a half copy of each fp32 trainable weight for the forward and backward of a step.
     matmul_b = _dtype_bytes(s)[0]
     if matmul_b < 4 and param_b == 4.0:
         transient += n_train * matmul_b
-    allocator = ALLOCATOR_FRACTION * (activations + logits)
-    overhead = CUDA_CONTEXT_GIB * GIB + allocator + transient
-    peak = weights + optimizer + dynamic + overhead
+    allocator = ALLOCATOR_FRACTION * transient_peak
+    context = CUDA_CONTEXT_GIB * GIB
+
+    def peak_of(w: float, g: float, opt: float, extra: float) -> float:
+        # With one forward per step the Trainer frees gradients after the optimizer step (set_to_none), so they
+        # grow while backward frees activations: the peak holds the larger of the two. With accumulation they
+        # coexist.
+        if s.grad_accum > 1 or not s.grads_freed_after_step:
+            dynamic = transient_peak + g
+        else:
+            dynamic = max(transient_peak, g)
+        return w + opt + dynamic + extra + context + allocator + transient
+
+    # DDP's per-GPU peak (a replica plus its gradient buckets) decides `auto`.
+    strategy = _resolve_strategy(s, peak_of(weights, grads, optimizer, grads))
+    gathered = buckets = 0.0
+    if strategy == "ddp":
+        # DDP (gradient_as_bucket_view off, its default and the Trainer's) all-reduces through flat buckets of
+        # 25 MB that together hold every trainable gradient once more, allocated at the first backward and kept.
+        buckets = grads
+    elif strategy == "fsdp":
+        # Full shard: weights, gradients and optimizer state split N ways. The largest unit is all-gathered for its
+        # forward and backward (a transformer block, or the root unit: embeddings, final norm and head), with its
+        # full gradients in backward before the reduce-scatter. Prefetching the next unit is not counted.
+        N = s.gpus
+        unit_grads = (shape.layer_params if s.method == "full" else n_train / L) * param_b
+        if s.method == "freeze":
+            unit_grads = shape.layer_params * param_b
+        root_grads = root_params * param_b if s.method == "full" else 0.0
+        gathered = max(block_w + unit_grads, root_w + root_grads)
+        weights, grads, optimizer = weights / N, grads / N, optimizer / N
+        if s.method == "qlora":
+            notes.append("FSDP shards the 4-bit base too (bnb_4bit_quant_storage set to the compute dtype).")
+    peak = peak_of(weights, grads, optimizer, gathered + buckets)
+    if strategy != "single":
+        notes.append(f"Per GPU, {strategy.upper()} over {s.gpus} GPUs"
+                     + (": each GPU holds a full replica plus DDP's gradient buckets." if strategy == "ddp" else
+                        ": weights, gradients and optimizer state are split, one unit is gathered at a time."))
+    overhead = context + allocator + transient + gathered + buckets
+    if s.grad_accum == 1 and s.grads_freed_after_step and grads > transient_peak and transient_peak > 0:
+        notes.append("Gradients and activations are not held at once (no gradient accumulation): the peak "
+                     "counts the larger, so the parts add up to more than the peak.")
     if not s.gradient_checkpointing and activations > 0.3 * peak:
-        notes.append(f"Gradient checkpointing would cut the activations to about {_gib(checkpointed):.1f} GiB "
+        ckpt = tokens * (active * per["checkpoint"] + per["outside"]) + one_block
+        notes.append(f"Gradient checkpointing would cut the activations to about {_gib(ckpt):.1f} GiB "
                      "(about 30% slower).")
     if not shape.exact:
         notes.append(f"Unknown architecture {shape.model_type!r}: parameters counted with a Llama-style formula.")
@@ -701,7 +829,8 @@ def estimate(shape: ModelShape, settings: EstimateSettings) -> Estimate:
                     trainable_state_gib=_gib(grads + optimizer), activations_gib=_gib(activations),
                     logits_gib=_gib(logits), overhead_gib=_gib(overhead), total_params=total,
                     trainable_params=n_train, notes=tuple(notes), context_gib=CUDA_CONTEXT_GIB,
-                    allocator_gib=_gib(allocator), gradients_gib=_gib(grads), optimizer_gib=_gib(optimizer))
+                    allocator_gib=_gib(allocator), gradients_gib=_gib(grads), optimizer_gib=_gib(optimizer),
+                    strategy=strategy, gpus=s.gpus, gathered_gib=_gib(gathered), buckets_gib=_gib(buckets))
 
 
 def estimate_all(shape: ModelShape, settings: EstimateSettings) -> dict[str, Estimate]:
@@ -727,4 +856,5 @@ def count_text(n: float) -> str:
 
 __all__ = ["ModelShape", "LinearShape", "EstimateSettings", "Estimate", "load_shape", "shape_from_config",
            "find_config", "estimate", "estimate_all", "trainable_tensors", "activation_bytes_per_token",
-           "hf_cache_dir", "count_text", "METHODS", "OPTIMS", "PRECISIONS", "CUDA_CONTEXT_GIB", "GIB"]
+           "hf_cache_dir", "count_text", "METHODS", "OPTIMS", "PRECISIONS", "STRATEGIES", "CUDA_CONTEXT_GIB", "GIB",
+           "FIT_FRACTION"]

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from core.resources.estimate import (METHODS, Estimate, EstimateSettings, ModelShape, count_text, estimate,
-                                     estimate_all)
+from core.resources.estimate import (FIT_FRACTION, METHODS, Estimate, EstimateSettings, ModelShape, count_text,
+                                     estimate, estimate_all)
 
-FIT_FRACTION = 0.9
-"""ESTIMATION.md §3.6: recommend a method only if its peak is at most 0.9 × free memory."""
+# FIT_FRACTION (0.9, ESTIMATION.md §3.6): recommend a method only if its peak is at most 0.9 × free memory.
 SMALL_DATA_ROWS = 2_000
 """Below this many examples, training few weights (freeze) overfits less when memory is short."""
 LARGE_DATA_ROWS = 50_000
@@ -55,7 +54,12 @@ def fit_of(peak_gib: float, free_gib: float) -> str:
 
 def recommend(shape: ModelShape, settings: EstimateSettings, free_gib: float | None,
               dataset_rows: int | None = None) -> Recommendation:
-    """Pick a method for `shape` under `settings` with `free_gib` free on the GPU (None: no GPU)."""
+    """Pick a method for `shape` under `settings` with `free_gib` free on the GPU (None: no GPU).
+
+    With `settings.gpus` above 1, `free_gib` is each GPU's free memory (the least free one's), every figure is per
+    GPU, and with `distributed: auto` each method runs DDP where a full copy fits one GPU and FSDP where not."""
+    if settings.gpus > 1 and free_gib is not None:
+        settings = settings.with_(gpu_free_gib=free_gib)
     estimates = estimate_all(shape, settings)
     peak = {m: e.peak_gib for m, e in estimates.items()}
     large = dataset_rows is not None and dataset_rows >= LARGE_DATA_ROWS
@@ -104,6 +108,7 @@ def recommend(shape: ModelShape, settings: EstimateSettings, free_gib: float | N
             return Recommendation(method=method, reason=reason, fit=fit, estimates=estimates,
                                   suggestions=tuple(fixed), free_gib=free_gib, no_gpu=False)
 
+    reason += _strategy_sentence(estimates[method])
     suggestions: list[Suggestion] = []
     if fit[method] != "fits":
         suggestions += suggest_fixes(shape, settings.with_(method=method), FIT_FRACTION * free_gib)[:3]
@@ -112,6 +117,19 @@ def recommend(shape: ModelShape, settings: EstimateSettings, free_gib: float | N
         suggestions += [f for f in fixes if f.fits][:3]
     return Recommendation(method=method, reason=reason, fit=fit, estimates=estimates,
                           suggestions=tuple(suggestions), free_gib=free_gib, no_gpu=False)
+
+
+def _strategy_sentence(e: Estimate) -> str:
+    """How the GPUs share the method, and why, in a sentence ("" on one GPU)."""
+    name = NAMES[e.method]
+    if e.strategy == "ddp":
+        return (f" {name} with DDP over {e.gpus} GPUs: each GPU holds a full copy and runs its own batches "
+                f"({e.peak_gib:.1f} GiB per GPU, DDP's gradient buckets included).")
+    if e.strategy == "fsdp":
+        return (f" {name} with FSDP over {e.gpus} GPUs: a full copy does not fit one GPU, so weights, gradients "
+                f"and optimizer state are split {e.gpus} ways ({e.peak_gib:.1f} GiB per GPU, the largest gathered "
+                f"unit's {e.gathered_gib:.1f} GiB included).")
+    return ""
 
 
 def _nothing_fits(shape: ModelShape, settings: EstimateSettings, peak: dict[str, float], fit: dict[str, str],

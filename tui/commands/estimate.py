@@ -27,6 +27,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trainable-layers", type=int, default=2, metavar="N",
                         help="Freeze: top N blocks train, -N the bottom N (default 2)")
     parser.add_argument("--quant-bits", type=int, choices=(4, 8), default=4, help="QLoRA base weights (default 4)")
+    parser.add_argument("--gpus", type=int, default=1, metavar="N",
+                        help="spread the run over N GPUs (data parallel); figures are per GPU (default 1)")
+    parser.add_argument("--distributed", choices=("auto", "ddp", "fsdp"), default="auto",
+                        help="with --gpus above 1: DDP (a full copy per GPU) or FSDP (weights, gradients and "
+                             "optimizer state split over the GPUs); auto: DDP when it fits one GPU (default)")
     parser.add_argument("--rows", type=int, default=None, metavar="N",
                         help="dataset size in examples (guides full vs freeze vs LoRA)")
     parser.add_argument("--vram", type=float, default=None, metavar="GIB",
@@ -41,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     from core.resources.estimate import EstimateSettings, load_shape
     from core.resources.recommend import recommend
 
-    for name in ("batch_size", "grad_accum", "max_length", "lora_r"):
+    for name in ("batch_size", "grad_accum", "max_length", "lora_r", "gpus"):
         if getattr(args, name) < 1:
             raise TuneError(f"--{name.replace('_', '-')} is {getattr(args, name)}", None, "Use 1 or more")
     if args.vram is not None and args.vram <= 0:
@@ -52,12 +57,12 @@ def run(args: argparse.Namespace) -> int:
         method=args.method or "lora", trainable_layers=args.trainable_layers, lora_r=args.lora_r,
         lora_targets=targets, quant_bits=args.quant_bits, batch_size=args.batch_size, grad_accum=args.grad_accum,
         seq_len=args.max_length, gradient_checkpointing=args.gradient_checkpointing, precision=args.precision,
-        optim=args.optim)
+        optim=args.optim, gpus=args.gpus, distributed=args.distributed)
     shape = load_shape(args.model, trust_remote_code=args.trust_remote_code)
     if args.vram is not None:
         free, where = args.vram, f"--vram {args.vram:g} GiB"
     else:
-        free, where = _machine_free()
+        free, where = _machine_free(args.gpus)
     rec = recommend(shape, settings, free, args.rows)
     methods = [args.method] if args.method else list(METHODS)
     if args.json:
@@ -67,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _machine_free() -> tuple[float | None, str]:
+def _machine_free(count: int = 1) -> tuple[float | None, str]:
+    """The free memory of the GPU the run would use; with several, of the fullest of the first `count`."""
     from core.resources.gpus import SystemSampler
 
     sampler = SystemSampler()
@@ -78,6 +84,11 @@ def _machine_free() -> tuple[float | None, str]:
     gpus = snapshot.run_gpus()
     if not gpus:
         return None, snapshot.gpu_status
+    if count > 1:
+        used = gpus[:count]
+        least = min(used, key=lambda g: g.memory_free_gib)
+        more = f"; only {len(gpus)} GPU{'s' if len(gpus) != 1 else ''} found" if len(gpus) < count else ""
+        return least.memory_free_gib, f"the least free of GPUs {', '.join(str(g.index) for g in used)}{more}"
     return gpus[0].memory_free_gib, f"GPU {gpus[0].index} ({gpus[0].name})"
 
 
@@ -91,13 +102,17 @@ def _as_json(args, shape, settings, rec, methods, free, where) -> dict:
             "gradients_gib": round(e.gradients_gib, 3), "optimizer_gib": round(e.optimizer_gib, 3),
             "activations_gib": round(e.activations_gib, 3), "logits_gib": round(e.logits_gib, 3),
             "overhead_gib": round(e.overhead_gib, 3), "total_params": e.total_params,
-            "trainable_params": e.trainable_params, "notes": list(e.notes)})
+            "trainable_params": e.trainable_params, "strategy": e.strategy, "gpus": e.gpus,
+            "gathered_gib": round(e.gathered_gib, 3), "buckets_gib": round(e.buckets_gib, 3),
+            "notes": list(e.notes)})
     settings_dict = asdict(settings)
     settings_dict.pop("method")
+    settings_dict.pop("gpu_free_gib")
     return {
         "model": args.model, "architecture": shape.architecture, "params": shape.total_params,
         "layers": shape.num_layers, "hidden_size": shape.hidden_size, "vocab_size": shape.vocab_size,
-        "settings": settings_dict, "free_gib": None if free is None else round(free, 2), "memory_source": where,
+        "settings": settings_dict, "gpus": settings.gpus, "per_gpu": settings.gpus > 1,
+        "free_gib": None if free is None else round(free, 2), "memory_source": where,
         "no_gpu": rec.no_gpu, "methods": out_methods, "recommended": rec.method, "reason": rec.reason,
         "suggestions": [{"method": s.method, "change": s.change, "peak_gib": round(s.peak_gib, 2), "fits": s.fits,
                          "overrides": list(s.overrides)} for s in rec.suggestions],
@@ -119,7 +134,8 @@ def _print(shape, settings, rec, methods, free, where) -> None:
                   f"{shape.num_layers} layers")
     console.print(f"batch {settings.batch_size} × accumulation {settings.grad_accum}, max length {settings.seq_len}, "
                   f"{settings.precision}, {settings.optim}, gradient checkpointing {gc}")
-    console.print("free GPU memory: " + (f"{free:.1f} GiB ({where})" if free is not None else where))
+    per = " per GPU" if settings.gpus > 1 else ""
+    console.print(f"free GPU memory{per}: " + (f"{free:.1f} GiB ({where})" if free is not None else where))
     # Nine columns in 80 (the headers set the widths; the figures are short): no vertical rules, and two spaces
     # between columns (a blank rule and one space of padding) instead of rich's default three.
     table = Table(title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1, 0, 0))
@@ -136,8 +152,12 @@ def _print(shape, settings, rec, methods, free, where) -> None:
                       f"{e.trainable_state_gib:.1f}", f"{e.activations_gib:.1f}", f"{e.logits_gib:.1f}",
                       f"{e.overhead_gib:.1f}", count_text(e.trainable_params).replace(" ", ""))
     console.print(table)
+    if settings.gpus > 1:
+        ways = ", ".join(f"{NAMES[m]} {rec.estimates[m].strategy.upper()}" for m in methods)
+        console.print(f"[bold]Per GPU, {settings.gpus} GPUs:[/] {ways}")
     console.print("[dim]GiB; weights: the model on the GPU; grad+opt: gradients and optimizer state; other: CUDA "
-                  "context and allocator slack. * recommended[/]")
+                  "context and allocator slack" + (", FSDP's gathered unit and DDP's gradient buckets"
+                                                   if settings.gpus > 1 else "") + ". * recommended[/]")
     console.print(f"[bold]Recommended: {NAMES[rec.method]}.[/] {rec.reason}")
     for s in rec.suggestions:
         ok = "" if s.fits else " (still too much)"
