@@ -360,3 +360,32 @@ def test_the_launcher_names_the_failed_rank_only_when_rank_0_wrote_no_final_even
     assert exit_code(finished, 0, signal.SIGINT) == 128 + signal.SIGINT
     assert exit_code(finished, 0, None) == 0
     assert Failure(rank=0, pid=1, exitcode=4).describe() == "rank 0 (pid 1) exited with code 4"
+
+
+def test_the_strategy_follows_the_config_and_refuses_fsdp_on_the_cpu():
+    from core.errors import TuneError
+    from core.training.distributed import choose_strategy
+
+    assert choose_strategy("auto", 1, "cuda:0", fits_one_gpu=False) is None  # one process: nothing to share
+    assert choose_strategy("auto", 4, "cuda:0", fits_one_gpu=True) == "ddp"
+    assert choose_strategy("auto", 4, "cuda:0", fits_one_gpu=False) == "fsdp"
+    assert choose_strategy("auto", 2, "cpu", fits_one_gpu=False) == "ddp"
+    assert choose_strategy("ddp", 4, "cuda:0", fits_one_gpu=False) == "ddp"
+    assert choose_strategy("fsdp", 4, "cuda:0", fits_one_gpu=True) == "fsdp"
+    with pytest.raises(TuneError, match="CUDA GPUs") as info:
+        choose_strategy("fsdp", 2, "cpu")
+    assert info.value.where == "train.distributed" and "ddp" in info.value.fix
+
+
+def test_fsdp_shards_by_transformer_block_and_gathers_full_weights_to_save():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from core.training.distributed import fsdp_arguments
+
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                         num_attention_heads=2, num_key_value_heads=2))
+    kw = fsdp_arguments(model, gradient_checkpointing=True)
+    assert kw["fsdp"] is True and kw["activation_checkpointing"] is False
+    assert kw["fsdp_config"]["transformer_layer_cls_to_wrap"] == ["LlamaDecoderLayer"]
+    assert kw["fsdp_config"]["activation_checkpointing"] is True
+    assert kw["fsdp_config"]["state_dict_type"] == "FULL_STATE_DICT"

@@ -112,6 +112,52 @@ class Group:
             pass
 
 
+STRATEGIES = ("auto", "ddp", "fsdp")
+"""`train.distributed`: how the processes of a group share the work. ddp: each GPU holds a whole replica and the
+gradients are averaged. fsdp: weights, gradients and optimizer state sharded across the GPUs (each block gathered
+whole only while it computes). auto: DDP when the run fits one GPU, FSDP when it does not."""
+
+
+def choose_strategy(requested: str, world_size: int, device: str, fits_one_gpu: bool | None = None) -> str | None:
+    """The strategy a run uses: None for one process, else "ddp" or "fsdp".
+
+    `fits_one_gpu` is the memory estimate's answer for a whole replica on one GPU (None: unknown, taken as fits).
+    FSDP is refused on the CPU: accelerate (under the Trainer) shards only across CUDA devices and would train
+    plain DDP instead, which is not what the config says.
+    """
+    from core.errors import TuneError
+
+    if requested not in STRATEGIES:
+        raise TuneError(f"`train.distributed` is {requested!r}", "train.distributed", "Use auto, ddp or fsdp")
+    if world_size <= 1:
+        return None
+    cuda = device.startswith("cuda")
+    if requested == "fsdp" and not cuda:
+        raise TuneError("train.distributed: fsdp shards the model across CUDA GPUs, and this run trains on the CPU",
+                        "train.distributed", "Use train.distributed: ddp (or auto) for processes on the CPU")
+    if requested == "auto":
+        return "fsdp" if cuda and fits_one_gpu is False else "ddp"
+    return requested
+
+
+def fsdp_arguments(model, gradient_checkpointing: bool) -> dict:
+    """TrainingArguments keywords for FSDP full-shard (FSDP2 through accelerate): each transformer block is one
+    shard unit, full weights are gathered for saving (final/ loads like any model or adapter), and activation
+    checkpointing is FSDP's own (the Trainer's variant would gather every block's weights once more in backward)."""
+    from core.training.anatomy import find_blocks
+
+    blocks = sorted(set(getattr(model, "_no_split_modules", None) or ()))
+    if not blocks:
+        blocks = [type(find_blocks(model)[1][0]).__name__]
+    return {
+        "fsdp": True,
+        "fsdp_config": {"version": 2, "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+                        "transformer_layer_cls_to_wrap": blocks, "reshard_after_forward": True,
+                        "state_dict_type": "FULL_STATE_DICT", "activation_checkpointing": gradient_checkpointing},
+        "activation_checkpointing": False,
+    }
+
+
 def is_collective_failure(exc: BaseException) -> bool:
     """True when `exc` says a collective broke (a peer process died or hung): not this rank's own fault."""
     try:
@@ -133,4 +179,4 @@ def is_collective_failure(exc: BaseException) -> bool:
     return False
 
 
-__all__ = ["Group", "DDP_TIMEOUT_SECONDS", "is_collective_failure"]
+__all__ = ["Group", "DDP_TIMEOUT_SECONDS", "STRATEGIES", "choose_strategy", "fsdp_arguments", "is_collective_failure"]
