@@ -29,7 +29,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from core.resources.estimate import GIB, EstimateSettings, estimate, load_shape  # noqa: E402
+from core.resources.estimate import GIB, EstimateSettings, estimate  # noqa: E402
+from core.resources.shape import load_shape  # noqa: E402
 
 REFERENCE = Path(os.environ.get("TUNETUI_REFERENCE") or ROOT.parent / "shared" / "reference")
 

@@ -5,8 +5,8 @@ import pytest
 
 from core.demo import TINY_LLAMA_CONFIG
 from core.errors import TuneError
-from core.resources.estimate import (CUDA_CONTEXT_GIB, GIB, EstimateSettings, estimate, estimate_all, load_shape,
-                                     shape_from_config)
+from core.resources.estimate import CUDA_CONTEXT_GIB, GIB, EstimateSettings, estimate, estimate_all
+from core.resources.shape import load_shape, shape_from_config
 
 # A 2-block Llama small enough to count by hand: h 64, 4 heads of 16 (2 KV heads -> kv 32), I 128, V 100.
 SMALL = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 64, "intermediate_size": 128,

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from core.resources.estimate import (METHODS, Estimate, EstimateSettings, ModelShape, count_text, estimate,
-                                     estimate_all)
+from core.resources.estimate import METHODS, Estimate, EstimateSettings, count_text, estimate, estimate_all
+from core.resources.shape import ModelShape
 
 FIT_FRACTION = 0.9
 """ESTIMATION.md §3.6: recommend a method only if its peak is at most 0.9 × free memory."""
