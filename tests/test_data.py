@@ -333,3 +333,22 @@ def test_unknown_demo_and_unreachable_hub_dataset(monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(TuneError, match="Could not load hub dataset 'someone/some-dataset'"):
         load_raw(DataSpec(path="someone/some-dataset"))
+
+
+def test_data_formats_and_tasks_are_one_vocabulary():
+    import typing
+
+    from core import config
+    from core.resources.estimate import EstimateSettings
+    from core.tasks import TASKS, estimate_task, task_for_format
+
+    assert config.FORMATS == ("auto", *TASKS) == typing.get_args(typing.get_type_hints(DataSpec)["format"])
+    assert [task_for_format(f) for f in TASKS] == ["sft", "sft", "sft", "pretrain", "classification"]
+    assert {f: estimate_task(f) for f in config.FORMATS} == {
+        "auto": "causal_lm", "alpaca": "causal_lm", "sharegpt": "causal_lm", "messages": "causal_lm",
+        "text": "causal_lm", "classification": "classification"}
+    run = config.RunConfig(data=DataSpec(format="classification"))
+    assert EstimateSettings.from_config(run).task == "classification"
+    with pytest.raises(TuneError, match="Unknown data format 'csv'") as err:
+        task_for_format("csv")
+    assert err.value.fix == "Use one of: " + ", ".join(config.FORMATS)

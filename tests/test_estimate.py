@@ -139,7 +139,7 @@ def test_published_counts_for_llama_3_1_8b_and_llama_2_7b():
                                 "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
                                 "vocab_size": 128256})
     assert llama3.total_params == 8_030_261_248
-    assert estimate(llama3, EstimateSettings(lora_r=32)).trainable_params == 83_886_080  # ESTIMATION.md: 83.9 M
+    assert estimate(llama3, EstimateSettings(lora_r=32)).trainable_params == 83_886_080  # docs/estimator.md §1: 83.9 M
     llama2 = shape_from_config({"model_type": "llama", "hidden_size": 4096, "intermediate_size": 11008,
                                 "num_hidden_layers": 32, "num_attention_heads": 32, "vocab_size": 32000})
     assert llama2.total_params == 6_738_415_616

@@ -12,7 +12,7 @@ from core.resources.estimate import METHODS, Estimate, EstimateSettings, count_t
 from core.resources.shape import ModelShape
 
 FIT_FRACTION = 0.9
-"""ESTIMATION.md §3.6: recommend a method only if its peak is at most 0.9 × free memory."""
+"""docs/estimator.md §3.6: recommend a method only if its peak is at most 0.9 × free memory."""
 SMALL_DATA_ROWS = 2_000
 """Below this many examples, training few weights (freeze) overfits less when memory is short."""
 LARGE_DATA_ROWS = 50_000

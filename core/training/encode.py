@@ -27,11 +27,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _PACK_BATCH = 10_000         # documents per packing batch: bigger batches waste less of each batch's tail
-# Part of every cache key, so editing this pipeline never serves tokenization made by older code.
-_CODE_VERSION = hashlib.sha256(b"".join(
-    Path(module.__file__).read_bytes()
-    for module in (sources, formats, rowchecks, rawdata, templates))
-    + Path(__file__).read_bytes()).hexdigest()[:16]
+# Part of every cache key, so editing this pipeline (any of its modules) never serves tokenization made by older code.
+_PIPELINE = (sources, formats, rowchecks, rawdata, templates)
+_CODE_VERSION = hashlib.sha256(b"".join(Path(module.__file__).read_bytes() for module in _PIPELINE)
+                               + Path(__file__).read_bytes()).hexdigest()[:16]
 
 
 @dataclass

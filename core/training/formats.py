@@ -49,7 +49,6 @@ def turn_keys(ds, column: str) -> tuple[str, str] | None:
     return None
 
 
-
 def _detect(ds, spec: DataSpec) -> tuple[str | None, dict[str, str]]:
     cols = list(ds.column_names)
     for chat in ("conversations", "messages"):

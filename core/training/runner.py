@@ -4,6 +4,8 @@ It never raises (except KeyboardInterrupt/SystemExit, after reporting) and alway
 or RunFailed, also written to the run's events.jsonl. Heavy libraries are imported inside functions.
 
 Beside it: the Trainer's settings (trainargs), library logs as events (liblogs), failures in words (failures).
+Over 400 lines on purpose: one _Session carries a run from its folder to its one terminal event, and its steps
+(prepare, train, save, fail) share that session's state.
 """
 from __future__ import annotations
 

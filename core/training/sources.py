@@ -27,8 +27,6 @@ PREVIEW_FULL_LOAD_BYTES = 16 << 20  # smaller files are loaded (and cached) whol
 ROW_COLUMN = "__tunetui_row"  # a row's index in its file, kept through the validation split's shuffle
 
 
-# ================================================================== where rows come from
-
 @dataclass
 class Origin:
     """A data source and how to point a user at one of its rows, counted the way the user sees the file.
