@@ -4,7 +4,7 @@ Reads shared/reference/vram_reference_public.csv and, for every row that states 
 config in shared/reference/configs, batch, sequence length, method, precision, checkpointing), prints the
 published figure beside the estimate and the error. Then the median and worst absolute error over the *measured*
 rows that the estimator can model (rows that offload to CPU, use Unsloth's kernels, or report a paged optimizer's
-GPU share are printed but left out, with the reason: ESTIMATION.md §5).
+GPU share are printed but left out, with the reason: docs/estimator.md §5).
 
 Each source is a training stack with its own fixed behaviour, set once per stack in `stack_of`, never per row:
 - torchtune: NF4 from torchao (no fp32 upcast of embeddings/norms), lora_dropout 0, chunked cross-entropy where the
@@ -38,7 +38,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from core.resources.estimate import GIB, EstimateSettings, estimate, load_shape  # noqa: E402
+from core.resources.estimate import GIB, EstimateSettings, estimate  # noqa: E402
+from core.resources.shape import load_shape  # noqa: E402
 
 REFERENCE = Path(os.environ.get("TUNETUI_REFERENCE") or ROOT.parent / "shared" / "reference")
 
@@ -120,7 +121,7 @@ def unmodelled(row: dict) -> str | None:
     if "optimizer_in_bwd" in text or "opt_in_bwd" in text:
         return "optimizer in backward frees gradients layer by layer"
     if "paged" in row["optimizer"].lower() and row["method"] == "full":
-        return "paged optimizer state spills to CPU (ESTIMATION.md §5)"
+        return "paged optimizer state spills to CPU (docs/estimator.md §5)"
     return None
 
 

@@ -64,13 +64,14 @@ def bare_tokens_per_second(config) -> float:
     import torch
     from torch.utils.data import DataLoader
 
-    from core.training import data
     from core.methods import apply as apply_method
+    from core.training.encode import tokenize
     from core.training.models import load_model, load_tokenizer
+    from core.training.rawdata import load_raw
 
     torch.manual_seed(config.train.seed)
     tokenizer = load_tokenizer(config.model)
-    prepared = data.tokenize(data.load_raw(config.data), tokenizer, config.data)
+    prepared = tokenize(load_raw(config.data), tokenizer, config.data)
     model = load_model(config.model, config.method, prepared.task, device="cpu")
     model, _ = apply_method(model, config.method, prepared.task)
     model.train()
@@ -97,7 +98,7 @@ def bare_tokens_per_second(config) -> float:
 
 def text_file(folder: Path) -> Path:
     """The alpaca demo as plain documents (instruction + output), for packed continued pre-training."""
-    from core.training.data import ASSETS_DIR
+    from core.training.sources import ASSETS_DIR
 
     rows = json.loads((ASSETS_DIR / "alpaca_en_demo.json").read_text(encoding="utf-8"))
     path = folder / "docs.jsonl"

@@ -12,16 +12,14 @@ from typing import Sequence
 
 from core import demo
 from core.errors import TuneError
-from core.resources.estimate import find_config, hf_cache_dir, shape_from_config
+from core.hub import TOKENIZER_FILES, has_tokenizer, hf_cache_dir
+from core.resources.shape import find_config, shape_from_config
 
 log = logging.getLogger(__name__)
 
 RECENT_FILE = "recent_models.json"
 RECENT_LIMIT = 12
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
-# Any of these makes a folder loadable with AutoTokenizer (fast, sentencepiece, BPE, WordPiece).
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model",
-                   "sentencepiece.bpe.model")
 
 
 @dataclass(frozen=True)
@@ -153,7 +151,7 @@ def describe_model(name_or_path: str) -> ModelInfo:
             cfg, _ = find_config(name_or_path)
         except TuneError as exc:
             problems.append(exc.what)
-        has_tok = _has_tokenizer(folder)
+        has_tok = has_tokenizer(folder)
         size = _dir_size(folder)  # the shipped weights
     else:
         cfg, config_path = None, None
@@ -162,7 +160,7 @@ def describe_model(name_or_path: str) -> ModelInfo:
         except TuneError as exc:
             problems.append(exc.what)
         folder = _model_dir(name_or_path) or (config_path.parent if config_path else None)
-        has_tok = folder is not None and _has_tokenizer(folder)
+        has_tok = folder is not None and has_tokenizer(folder)
         if folder is not None and not has_tok:
             problems.append(f"no tokenizer files in {folder} (looked for {', '.join(TOKENIZER_FILES[:4])}, …)")
         size = _dir_size(folder) if folder is not None else None
@@ -185,10 +183,6 @@ def describe_model(name_or_path: str) -> ModelInfo:
         layers=shape.num_layers if shape else None, hidden_size=shape.hidden_size if shape else None,
         vocab_size=shape.vocab_size if shape else None, dtype=shape.dtype if shape else None,
         size_on_disk_bytes=size, has_tokenizer=has_tok, problems=tuple(problems))
-
-
-def _has_tokenizer(folder: Path) -> bool:
-    return any((folder / name).is_file() for name in TOKENIZER_FILES)
 
 
 # ------------------------------------------------------------------ recent choices

@@ -1,6 +1,8 @@
 """Run configuration: frozen dataclasses, YAML load/save, dotted overrides, validation.
 
 Must not import torch, transformers, peft, bitsandbytes, datasets or textual: the UI imports this first.
+Over 400 lines on purpose: the schema and the one way text becomes a RunConfig (file lines, --set, foreign key
+names, range checks) change together, and every caller uses them as one module (`cfg.load`, `cfg.RunConfig`).
 """
 from __future__ import annotations
 

@@ -8,6 +8,7 @@ control.json (a pause/resume/stop request waiting for the runner; see core.contr
 attached to the run from another process, named <host>-<pid>; the run's status shows who is watching).
 Under torchrun (`tunetui train --nproc N`, core.launch) the folder is still one run with one writer: rank 0 writes all
 of the above; the other ranks only add their part of each checkpoint (rng_state_<rank>.pth).
+Over 400 lines on purpose: it is the one module that knows this layout, so every reader and writer of it is here.
 """
 from __future__ import annotations
 

@@ -136,7 +136,7 @@ def _shift(event: Event, seconds: float) -> Event:
 def make_app(tmp_path: Path, snapshots=None, start_screen: str = "run", config: cfg.RunConfig | None = None,
              output_dir: str | None = None):
     """The real app (create_app) with a scripted GPU sampler and a temp output folder."""
-    from core.resources.gpus import ScriptedSampler, fake_snapshot
+    from helpers_gpus import ScriptedSampler, fake_snapshot
     from tui.app import create_app
 
     snapshots = snapshots or [fake_snapshot((24,), (2,), utilization=35.0)]

@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
-from core.resources.gpus import ScriptedSampler, fake_snapshot
+from helpers_gpus import ScriptedSampler, fake_snapshot
 
 ASSETS = Path(__file__).resolve().parents[1] / "core" / "assets"
 

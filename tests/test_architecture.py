@@ -1,4 +1,5 @@
-"""Layering rules from DESIGN.md: the UI's first imports stay light, core never imports the UI."""
+"""Layering rules: the UI's first imports stay light (torch, transformers, peft, bitsandbytes and datasets are imported
+inside functions, so the app paints before they load), core never imports the UI."""
 import ast
 import json
 import subprocess
@@ -33,8 +34,8 @@ def test_headless_commands_never_import_textual():
 
 
 def test_resources_import_without_ml_libraries():
-    loaded = _loaded_after("import core.resources.gpus, core.resources.estimate, core.resources.recommend, core.catalog, "
-                           "core.chat")
+    loaded = _loaded_after("import core.resources.gpus, core.resources.shape, core.resources.estimate, "
+                           "core.resources.recommend, core.catalog, core.chat, core.chattarget, core.hub, core.tasks")
     assert not loaded & set(HEAVY), f"heavy modules loaded: {sorted(loaded & set(HEAVY))}"
 
 

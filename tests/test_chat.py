@@ -13,7 +13,8 @@ import pytest
 
 from core import config as cfg
 from core import rundir
-from core.chat import ChatModel, Sampling, conversation, resolve_target
+from core.chat import ChatModel, Sampling, conversation
+from core.chattarget import resolve_target
 from core.events import EvalEnded, RunFinished
 from tui.cli import main
 

@@ -13,7 +13,10 @@ import pytest
 from core import demo
 from core.config import DataSpec
 from core.errors import TuneError
-from core.training import data
+from core.training import sources
+from core.training.encode import tokenize
+from core.training.preview import PREVIEW_SAMPLE, preview
+from core.training.rawdata import load_raw
 from core.training.templates import IGNORE_INDEX, ChatEncoder
 
 DATA = Path(__file__).parent / "data"
@@ -62,8 +65,8 @@ def trained_runs(tok, ids, labels) -> list[str]:
 
 def prepare(tok, **spec_fields):
     spec = DataSpec(**{"max_length": 4096, **spec_fields})
-    raw = data.load_raw(spec)
-    return raw, data.tokenize(raw, tok, spec)
+    raw = load_raw(spec)
+    return raw, tokenize(raw, tok, spec)
 
 
 # ------------------------------------------------------------------ formats and masks
@@ -91,11 +94,11 @@ def test_alpaca_system_and_history_every_answer_trains(tok):
 
 
 def test_sharegpt_tool_rows_load_and_train_calls_not_observations(tok):
-    raw = data.load_raw(DataSpec(path=str(DATA / "glaive_toolcall_en_demo.json")))
+    raw = load_raw(DataSpec(path=str(DATA / "glaive_toolcall_en_demo.json")))
     assert raw.format == "sharegpt" and len(raw.train) == 300
     spec = DataSpec(path=str(DATA / "glaive_toolcall_en_demo.json"), max_samples=12, max_length=4096)
-    raw = data.load_raw(spec)
-    prep = data.tokenize(raw, tok, spec)
+    raw = load_raw(spec)
+    prep = tokenize(raw, tok, spec)
     tool_rows = 0
     for row, ex in zip(raw.train, prep.train):
         turns = row["conversations"]
@@ -167,7 +170,7 @@ def test_text_packs_into_max_length_blocks_with_eos_between_documents(tok):
 
 
 def test_txt_blocks_become_text_rows(tok):
-    raw = data.load_raw(DataSpec(path=str(DATA / "notes.txt")))
+    raw = load_raw(DataSpec(path=str(DATA / "notes.txt")))
     assert raw.format == "text"
     assert [t.strip() for t in raw.train["text"]] == [
         "The kettle boils water in about three minutes.\nIt switches itself off when the water is ready.",
@@ -182,7 +185,7 @@ def test_classification_maps_labels_and_names_round_trip(tok):
     for row, ex in zip(raw.train, prep.train):
         assert prep.label_names[ex["labels"]] == row["category"]
         assert tok.decode(ex["input_ids"]) == row["sentence"]
-    pv = data.preview(DataSpec(path=str(DATA / "reviews.csv")), tok, n=1)
+    pv = preview(DataSpec(path=str(DATA / "reviews.csv")), tok, n=1)
     assert pv.examples == [[("The battery lasts all day and the screen is bright.", False), (" → positive", True)]]
     raw, prep = prepare(tok, path=str(DATA / "films.tsv"))
     assert prep.label_names == ["0", "1"] and [ex["labels"] for ex in prep.train] == [1, 0, 1, 0]
@@ -194,18 +197,18 @@ def test_classification_maps_labels_and_names_round_trip(tok):
     (str(DATA / "reviews.csv"), "classification"),
 ])
 def test_auto_detects_each_format_and_logs_it(path, fmt, caplog):
-    with caplog.at_level(logging.INFO, logger="core.training.data"):
-        assert data.load_raw(DataSpec(path=path)).format == fmt
+    with caplog.at_level(logging.INFO, logger="core.training.formats"):
+        assert load_raw(DataSpec(path=path)).format == fmt
     assert f"detected {fmt}" in caplog.text
 
 
 def test_validation_split_sizes_are_seeded(tmp_path):
     spec = DataSpec(path="demo:alpaca_en", max_samples=100, val_size=0.1)
-    a, b = data.load_raw(spec), data.load_raw(spec)
+    a, b = load_raw(spec), load_raw(spec)
     assert (len(a.train), len(a.val)) == (90, 10) and a.val["instruction"] == b.val["instruction"]
-    raw = data.load_raw(DataSpec(path="demo:alpaca_en", max_samples=100, val_size=7))
+    raw = load_raw(DataSpec(path="demo:alpaca_en", max_samples=100, val_size=7))
     assert (len(raw.train), len(raw.val)) == (93, 7)
-    raw = data.load_raw(DataSpec(path=str(DATA / "alpaca_history.json"), val_path="demo:alpaca_en"))
+    raw = load_raw(DataSpec(path=str(DATA / "alpaca_history.json"), val_path="demo:alpaca_en"))
     assert (len(raw.train), len(raw.val)) == (3, 999)
 
 
@@ -213,13 +216,13 @@ def test_second_tokenize_is_a_cache_hit(tok, tmp_path):
     shutil.copy(DATA / "messages.jsonl", tmp_path / "chat.jsonl")  # a new file: nothing cached yet
     spec = DataSpec(path=str(tmp_path / "chat.jsonl"), val_size=1)
     calls = []
-    first = data.tokenize(data.load_raw(spec), tok, spec, progress=lambda done, total: calls.append((done, total)))
+    first = tokenize(load_raw(spec), tok, spec, progress=lambda done, total: calls.append((done, total)))
     files = [f["filename"] for f in first.train.cache_files]
     mtimes = [os.stat(f).st_mtime_ns for f in files]
     assert calls[-1] == (4, 4) and len(calls) >= 2
 
     calls.clear()
-    second = data.tokenize(data.load_raw(spec), tok, spec, progress=lambda done, total: calls.append((done, total)))
+    second = tokenize(load_raw(spec), tok, spec, progress=lambda done, total: calls.append((done, total)))
     assert calls == [(4, 4)]  # the tokenizing function never ran
     assert [f["filename"] for f in second.train.cache_files] == files
     assert [os.stat(f).st_mtime_ns for f in files] == mtimes
@@ -239,14 +242,14 @@ def test_collator_pads_inputs_and_masks_padded_labels(tok):
 
 
 def test_preview_marks_trained_segments_and_counts_rows(tok):
-    pv = data.preview(DataSpec(path="demo:alpaca_en", max_length=4096), tok, n=2)
+    pv = preview(DataSpec(path="demo:alpaca_en", max_length=4096), tok, n=2)
     assert (pv.format, pv.rows, len(pv.examples)) == ("alpaca", 999, 2)
     (prompt, trained_p), (answer, trained_a), *rest = pv.examples[0]
     assert not trained_p and trained_a and all(not trained and not text.strip() for text, trained in rest)
     assert "Describe a process of making crepes." in prompt and answer.startswith("Making crepes") and \
         answer.endswith(EOS)
     assert set(pv.stats) == {"examples", "min", "median", "p95", "max", "truncated", "dropped"}
-    assert pv.stats["examples"] == data.PREVIEW_SAMPLE
+    assert pv.stats["examples"] == PREVIEW_SAMPLE
 
 
 def test_parquet_and_save_to_disk_folders_load_with_their_validation_split(tmp_path):
@@ -254,17 +257,17 @@ def test_parquet_and_save_to_disk_folders_load_with_their_validation_split(tmp_p
 
     rows = [{"text": f"review {i}", "label": ["bad", "good"][i % 2]} for i in range(10)]
     Dataset.from_list(rows).to_parquet(str(tmp_path / "reviews.parquet"))
-    raw = data.load_raw(DataSpec(path=str(tmp_path / "reviews.parquet")))
+    raw = load_raw(DataSpec(path=str(tmp_path / "reviews.parquet")))
     assert (raw.format, len(raw.train), raw.label_names) == ("classification", 10, ["bad", "good"])
     DatasetDict(train=Dataset.from_list(rows[:8]), validation=Dataset.from_list(rows[8:])).save_to_disk(
         str(tmp_path / "saved"))
-    raw = data.load_raw(DataSpec(path=str(tmp_path / "saved")))
+    raw = load_raw(DataSpec(path=str(tmp_path / "saved")))
     assert (raw.format, len(raw.train), len(raw.val)) == ("classification", 8, 2)
 
 
 def test_preview_streams_large_files_reading_only_the_head(tok, monkeypatch):
-    monkeypatch.setattr(data, "PREVIEW_FULL_LOAD_BYTES", 0)  # treat every file as too big to load whole
-    pv = data.preview(DataSpec(path=str(DATA / "glaive_toolcall_en_demo.json"), max_length=4096), tok, n=1)
+    monkeypatch.setattr(sources, "PREVIEW_FULL_LOAD_BYTES", 0)  # treat every file as too big to load whole
+    pv = preview(DataSpec(path=str(DATA / "glaive_toolcall_en_demo.json"), max_length=4096), tok, n=1)
     assert (pv.format, pv.rows, len(pv.examples)) == ("sharegpt", None, 1)
     assert [text for text, trained in pv.examples[0] if trained][0] == (
         "Of course! I can help you with that. Please tell me what ingredients you have." + EOS)
@@ -314,14 +317,14 @@ def test_bad_input_gets_a_message(tok, tmp_path, name, text, fields, expected):
     path = str(tmp_path / name) if text is None else _write(tmp_path, name, text)
     spec = DataSpec(path=path, **fields)
     with pytest.raises(TuneError) as err:
-        data.tokenize(data.load_raw(spec), tok, spec)
+        tokenize(load_raw(spec), tok, spec)
     for part in expected:
         assert part in str(err.value)
 
 
 def test_unknown_demo_and_unreachable_hub_dataset(monkeypatch):
     with pytest.raises(TuneError, match="demo:alpaca_en"):
-        data.load_raw(DataSpec(path="demo:nope"))
+        load_raw(DataSpec(path="demo:nope"))
     import datasets
     import huggingface_hub.constants
 
@@ -329,4 +332,23 @@ def test_unknown_demo_and_unreachable_hub_dataset(monkeypatch):
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(TuneError, match="Could not load hub dataset 'someone/some-dataset'"):
-        data.load_raw(DataSpec(path="someone/some-dataset"))
+        load_raw(DataSpec(path="someone/some-dataset"))
+
+
+def test_data_formats_and_tasks_are_one_vocabulary():
+    import typing
+
+    from core import config
+    from core.resources.estimate import EstimateSettings
+    from core.tasks import TASKS, estimate_task, task_for_format
+
+    assert config.FORMATS == ("auto", *TASKS) == typing.get_args(typing.get_type_hints(DataSpec)["format"])
+    assert [task_for_format(f) for f in TASKS] == ["sft", "sft", "sft", "pretrain", "classification"]
+    assert {f: estimate_task(f) for f in config.FORMATS} == {
+        "auto": "causal_lm", "alpaca": "causal_lm", "sharegpt": "causal_lm", "messages": "causal_lm",
+        "text": "causal_lm", "classification": "classification"}
+    run = config.RunConfig(data=DataSpec(format="classification"))
+    assert EstimateSettings.from_config(run).task == "classification"
+    with pytest.raises(TuneError, match="Unknown data format 'csv'") as err:
+        task_for_format("csv")
+    assert err.value.fix == "Use one of: " + ", ".join(config.FORMATS)

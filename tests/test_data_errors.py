@@ -11,7 +11,11 @@ import pytest
 from core import demo
 from core.config import DataSpec
 from core.errors import TuneError
-from core.training import data
+from core.training import sources
+from core.training.encode import tokenize
+from core.training.preview import preview
+from core.training.rawdata import load_raw
+from core.training.sources import ROW_COLUMN
 
 ROOT = Path(__file__).resolve().parents[1]
 # Words that only come from inside Python or a template engine: a message containing them is not for people.
@@ -37,7 +41,7 @@ def tok():
 def _error(tok, **spec_fields) -> str:
     spec = DataSpec(**{"max_length": 256, **spec_fields})
     with pytest.raises(TuneError) as err:
-        data.tokenize(data.load_raw(spec), tok, spec)
+        tokenize(load_raw(spec), tok, spec)
     message = str(err.value)
     for word in INTERNALS:
         assert word not in message, message
@@ -153,7 +157,7 @@ def test_csv_rows_are_named_by_line_and_text_cells_keep_their_text(tok, tmp_path
     message = _error(tok, path=str(path))
     assert "sums.csv, line 5 (data row 3; the header is line 1)" in message and "has no `output`" in message
     path.write_text('instruction,output\n"Add 3 and 4",007\n"Halve 7",3.50\n', encoding="utf-8")
-    raw = data.load_raw(DataSpec(path=str(path)))
+    raw = load_raw(DataSpec(path=str(path)))
     assert raw.train["output"] == ["007", "3.50"]  # the file's text, not the numbers 7 and 3.5
 
 
@@ -174,10 +178,10 @@ def test_parquet_and_saved_folders_name_the_row_and_split(tok, tmp_path):
 
 
 def test_the_preview_of_a_large_streamed_file_names_the_row_too(tok, tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "PREVIEW_FULL_LOAD_BYTES", 0)  # stream every file, as for big ones
+    monkeypatch.setattr(sources, "PREVIEW_FULL_LOAD_BYTES", 0)  # stream every file, as for big ones
     path = _jsonl(tmp_path / "big.jsonl", [ROW] * 10 + [{**ROW, "output": 5}])
     with pytest.raises(TuneError) as err:
-        data.preview(DataSpec(path=path), tok)
+        preview(DataSpec(path=path), tok)
     assert "`output` is a number (5); expected text" in str(err.value) and "big.jsonl, line 11)" in str(err.value)
 
 
@@ -201,11 +205,11 @@ def test_a_template_refusal_names_the_file_row_after_the_shuffled_split(tok, tmp
     rows[29] = {"messages": [HI[0], HI[0], HI[1]]}  # two user turns: fine for the data checks, not the template
     path = _jsonl(tmp_path / "chat.jsonl", rows)
     spec = DataSpec(path=path, val_size=0.25, max_length=256)
-    raw = data.load_raw(spec)
-    where = raw.train[data.ROW_COLUMN].index(29) if 29 in raw.train[data.ROW_COLUMN] else None
+    raw = load_raw(spec)
+    where = raw.train[ROW_COLUMN].index(29) if 29 in raw.train[ROW_COLUMN] else None
     assert where != 29  # the shuffle moved it (or into validation): its position is not its row
     with pytest.raises(TuneError) as err:
-        data.tokenize(raw, strict, spec)
+        tokenize(raw, strict, spec)
     message = str(err.value)
     assert "chat.jsonl, line 30)" in message and "roles must alternate" in message
     assert "template refuses this conversation" in message and "example" not in message

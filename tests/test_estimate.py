@@ -5,8 +5,8 @@ import pytest
 
 from core.demo import TINY_LLAMA_CONFIG
 from core.errors import TuneError
-from core.resources.estimate import (CUDA_CONTEXT_GIB, GIB, EstimateSettings, estimate, estimate_all, load_shape,
-                                     shape_from_config)
+from core.resources.estimate import CUDA_CONTEXT_GIB, GIB, EstimateSettings, estimate, estimate_all
+from core.resources.shape import load_shape, shape_from_config
 
 # A 2-block Llama small enough to count by hand: h 64, 4 heads of 16 (2 KV heads -> kv 32), I 128, V 100.
 SMALL = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 64, "intermediate_size": 128,
@@ -144,7 +144,7 @@ def test_published_counts_for_llama_3_1_8b_and_llama_2_7b():
                                 "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
                                 "vocab_size": 128256})
     assert llama3.total_params == 8_030_261_248
-    assert estimate(llama3, EstimateSettings(lora_r=32)).trainable_params == 83_886_080  # ESTIMATION.md: 83.9 M
+    assert estimate(llama3, EstimateSettings(lora_r=32)).trainable_params == 83_886_080  # docs/estimator.md §1: 83.9 M
     llama2 = shape_from_config({"model_type": "llama", "hidden_size": 4096, "intermediate_size": 11008,
                                 "num_hidden_layers": 32, "num_attention_heads": 32, "vocab_size": 32000})
     assert llama2.total_params == 6_738_415_616

@@ -17,8 +17,9 @@ import pytest
 
 from core.errors import TuneError
 from core.events import LogLine, RunFailed, StepEnded, from_dict
-from core.resources.gpus import SystemSampler, fake_snapshot
+from core.resources.gpus import SystemSampler
 from core.training import gpu
+from helpers_gpus import fake_snapshot
 
 GIB = 2 ** 30
 T4, V100, A100, H100 = (gpu.Card("Tesla T4", (7, 5)), gpu.Card("Tesla V100-SXM2-16GB", (7, 0)),
@@ -50,7 +51,7 @@ def fake_cuda(monkeypatch):
 def test_several_visible_gpus_train_on_one_not_data_parallel(fake_cuda, tmp_path, small_config, monkeypatch):
     from transformers import TrainingArguments
 
-    from core.training.runner import training_arguments
+    from core.training.trainargs import training_arguments
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     monkeypatch.delenv("LOCAL_RANK", raising=False)
@@ -107,7 +108,7 @@ def test_a_t4_that_emulates_bf16_gets_fp16_from_both_the_runner_and_the_loader(f
     import torch
 
     from core.training.models import resolve_dtype
-    from core.training.runner import resolve_precision
+    from core.training.trainargs import resolve_precision
 
     fake_cuda(T4)
     assert torch.cuda.is_bf16_supported()  # the trap: emulation counts by default
@@ -179,14 +180,13 @@ def test_a_run_in_fp16_loads_half_weights_and_trains_fp32_ones(kind, frozen, tmp
 
     from core.control import RunControl
     from core.events import ModelReady
-    from core.training import data as data_mod
     from core.training.runner import _Session
 
     config = small_config(tmp_path, method={"kind": kind})
     events = []
     session = _Session(config, events.append, RunControl(), False)
     session.run_dir, session.precision = tmp_path, "fp16"
-    _, _, model, _ = session._prepare(config, "cpu", data_mod)
+    _, _, model, _ = session._prepare(config, "cpu")
     dtypes = {(p.requires_grad, p.dtype) for p in model.parameters()}
     assert (True, torch.float32) in dtypes and (True, torch.float16) not in dtypes
     if frozen:
@@ -436,9 +436,9 @@ def test_a_hub_model_not_downloaded_gets_its_config_json_first(tmp_path, small_c
     (ValueError("out of memory budget for the cache"), False),
 ])
 def test_out_of_memory_errors_are_recognised(error, oom):
-    from core.training.runner import _is_oom  # what the runner reports as kind="out_of_memory"
+    from core.training.failures import is_oom  # what the runner reports as kind="out_of_memory"
 
-    assert _is_oom(error) is oom
+    assert is_oom(error) is oom
 
 
 def test_torch_out_of_memory_and_wrapped_ones_count_too():
@@ -599,14 +599,15 @@ def test_a_run_that_ends_empties_bitsandbytes_page_manager(tmp_path, small_confi
     import torch
 
     from core.control import RunControl
-    from core.training.runner import _Session, _forward_logs
+    from core.training.liblogs import forward_logs
+    from core.training.runner import _Session
 
     manager = bnbf.GlobalPageManager.get_instance()
     manager.paged_tensors.append(torch.zeros(256))
     events = []
     session = _Session(small_config(tmp_path), events.append, RunControl(), False)
     session.run_dir = tmp_path
-    with _forward_logs(events.append):
+    with forward_logs(events.append):
         session._finish(stopped=False, final_dir=None)
     assert manager.paged_tensors == []
     assert any(isinstance(e, LogLine) and e.message.startswith("Dropped 1 paged optimizer buffers") for e in events)

@@ -67,3 +67,17 @@ def test_a_folder_that_is_not_a_model_is_named(tmp_path):
     with pytest.raises(TuneError, match="has no config.json") as info:
         resolve_model_dir(ModelSpec(str(tmp_path)))
     assert info.value.where == "model.name_or_path"
+
+
+@pytest.mark.parametrize("text, hub", [
+    ("gpt2", True), ("Qwen/Qwen2.5-0.5B-Instruct", True), ("a_b/c-d.e", True),
+    ("./model", False), ("/models/x", False), ("~/x", False), ("a/b/c", False), ("foo--bar", False),
+    ("org/.hidden", False), ("demo:tiny-llama", False), ("", False),
+])
+def test_a_hub_id_is_what_the_hub_accepts_and_anything_else_is_a_path(text, hub, tmp_path):
+    from core.hub import is_hub_id
+
+    assert is_hub_id(text) is hub
+    if not hub and text.startswith(("./", "/", "~", "a/")):  # meant as a folder: named as one, no hub lookup
+        with pytest.raises(TuneError, match="does not exist"):
+            resolve_model_dir(ModelSpec(str(tmp_path / "missing") if text.startswith("/") else text))

@@ -5,9 +5,9 @@ from types import SimpleNamespace
 import pynvml
 import pytest
 
-from core.resources.gpus import (NO_GPU_STATUS, ScriptedSampler, Snapshot, SystemSampler, fake_snapshot,
-                                 visible_devices)
+from core.resources.gpus import Snapshot, SystemSampler, visible_devices
 from core.resources.host import HostSample
+from helpers_gpus import NO_GPU_STATUS, ScriptedSampler, fake_snapshot
 
 GIB = 1024 ** 3
 

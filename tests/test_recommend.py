@@ -5,10 +5,11 @@ import json
 import pytest
 
 from core.config import RunConfig, with_overrides
-from core.resources.estimate import EstimateSettings, estimate, shape_from_config
-from core.resources.gpus import ScriptedSampler, fake_snapshot
+from core.resources.estimate import EstimateSettings, estimate
 from core.resources.preflight import oom_advice, preflight
 from core.resources.recommend import FIT_FRACTION, recommend
+from core.resources.shape import shape_from_config
+from helpers_gpus import ScriptedSampler, fake_snapshot
 
 # Llama-3.2-1B's shape: full ≈ 11.1 GiB, freeze ≈ 6.8, LoRA ≈ 6.5, QLoRA ≈ 5.8 at these settings.
 L1B = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 2048, "intermediate_size": 8192,

@@ -30,11 +30,12 @@ def _eval_loss_of_reloaded(outcome, config) -> float:
     import torch
     from peft import PeftModel
 
-    from core.training import data
+    from core.training.encode import tokenize
     from core.training.models import load_model, load_tokenizer
+    from core.training.rawdata import load_raw
 
     tokenizer = load_tokenizer(config.model)
-    prepared = data.tokenize(data.load_raw(config.data, seed=config.train.seed), tokenizer, config.data)
+    prepared = tokenize(load_raw(config.data, seed=config.train.seed), tokenizer, config.data)
     base = load_model(config.model, config.method, "sft", device="cpu")
     model = PeftModel.from_pretrained(base, str(outcome.final_dir)).eval()
     if config.method.kind == "qlora":

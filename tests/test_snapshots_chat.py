@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from core import config as cfg
-from core.chat import Classification, LoadEstimate, Target
+from core.chat import Classification
+from core.chattarget import LoadEstimate, Target
 from helpers_run import isolate, make_app, wait_for
 
 REPLIES = {

@@ -11,7 +11,7 @@ import pytest
 
 from core import config as cfg
 from core.events import RunFailed
-from core.resources.gpus import fake_snapshot
+from helpers_gpus import fake_snapshot
 from helpers_run import T0, feed, history_runs, isolate, make_app, scripted_run, screen_text, start_events, wait_for
 
 SAMPLERS = {
@@ -102,10 +102,10 @@ def fixed_advice(shape, settings, free_gib, dataset_rows):
 @pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize("sampler", SAMPLERS)
 def test_monitor_screen(snap_compare, tmp_path, monkeypatch, sampler, size):
-    import core.resources.estimate
     import core.resources.recommend
+    import core.resources.shape
 
-    monkeypatch.setattr(core.resources.estimate, "load_shape", lambda name: None)
+    monkeypatch.setattr(core.resources.shape, "load_shape", lambda name: None)
     monkeypatch.setattr(core.resources.recommend, "recommend", fixed_advice)
     model = cfg.ModelSpec(name_or_path="meta-llama/Llama-3.1-8B-Instruct")
     app = build(tmp_path, sampler, "monitor", cfg.RunConfig(model=model, data=cfg.DataSpec(path="demo:alpaca_en")))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from core.chat import LoadEstimate
+from core.chattarget import LoadEstimate
 from helpers_run import isolate, make_app, screen_text, wait_for
 
 SIZE = (160, 48)
@@ -234,7 +234,7 @@ MACHINES = {"none": ((), ()), "24": ((24,), (2,)), "2x80": ((80, 80), (1, 1)), "
 @pytest.mark.parametrize("machine", MACHINES)
 async def test_with_chat_the_top_bar_still_fits_80_columns(tmp_path, machine):
     """Eight screens and the GPU read-out in 80 columns: every screen's number and name, and the free memory."""
-    from core.resources.gpus import fake_snapshot
+    from helpers_gpus import fake_snapshot
     from tui.app import SCREENS
     from tui.widgets.setup_nav import gpu_summary
 

@@ -8,7 +8,7 @@ import pytest
 
 from core import config as cfg
 from core.events import StepEnded, read_events
-from core.resources.gpus import fake_snapshot
+from helpers_gpus import fake_snapshot
 from helpers_run import isolate, make_app, screen_text, wait_for
 
 pytestmark = pytest.mark.slow

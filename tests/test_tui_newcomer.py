@@ -51,7 +51,8 @@ def record_launches(app) -> list:
 def test_the_reason_compares_the_methods_on_this_model():
     """A 7B-class model without a GPU: the pick says what a GPU would need and why not the cheaper QLoRA / Freeze;
     the demo without a GPU: all four cost the same, so the reason says what else decides."""
-    from core.resources.estimate import EstimateSettings, load_shape, shape_from_config
+    from core.resources.estimate import EstimateSettings
+    from core.resources.shape import load_shape, shape_from_config
     from core.resources.recommend import recommend
 
     big = shape_from_config({"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 4096,

@@ -11,7 +11,7 @@ import pytest
 from core.events import (
     CheckpointSaved, PhaseChanged, RunFailed, RunFinished, RunPaused, RunResumed, RunStarted, StepEnded,
 )
-from core.resources.gpus import fake_snapshot
+from helpers_gpus import fake_snapshot
 from helpers_run import (
     T0, data_ready_events, feed, history_runs, isolate, loss_at, make_app, screen_text, scripted_run, start_events,
     step_events, wait_for,
@@ -255,7 +255,8 @@ def test_monitor_advice_names_what_would_make_a_method_fit(tmp_path):
     import json
 
     from core import config as cfg
-    from core.resources.estimate import EstimateSettings, load_shape
+    from core.resources.estimate import EstimateSettings
+    from core.resources.shape import load_shape
     from core.resources.recommend import recommend
     from tui.screens.monitor import advice_text
 

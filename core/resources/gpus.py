@@ -1,4 +1,4 @@
-"""GPU read-outs through NVML (module `pynvml`), plus scripted samplers for tests. Imports nothing heavy.
+"""GPU read-outs through NVML (module `pynvml`). Imports nothing heavy.
 
 No driver or no GPU is a normal state, reported in `Snapshot.gpu_status`, never an exception. Each NVML field is
 read on its own, so one unsupported call (power on some boards, processes in containers) leaves only that field
@@ -6,12 +6,11 @@ None. `CUDA_VISIBLE_DEVICES` decides which GPUs a run would use.
 """
 from __future__ import annotations
 
-import itertools
 import os
 import threading
 import time as _time
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Sequence
 
 from core.resources.host import GIB, HostSample, sample_host
 
@@ -81,11 +80,6 @@ class Snapshot:
         """Free memory on the first GPU a run would use (the one a single-GPU run trains on); None: no GPU."""
         gpus = self.run_gpus()
         return gpus[0].memory_free_gib if gpus else None
-
-
-@runtime_checkable
-class Sampler(Protocol):
-    def sample(self) -> Snapshot: ...
 
 
 def visible_devices(value: str | None, gpus: Sequence[GpuSample],
@@ -345,49 +339,4 @@ def _gib(value: Any) -> float | None:
     return value / GIB
 
 
-# ------------------------------------------------------------------ scripted samplers for tests and UI tests
-
-FAKE_HOST = HostSample(cpu_pct=12.0, cpu_count=16, ram_total_gib=64.0, ram_used_gib=12.0, ram_available_gib=52.0,
-                       process_rss_gib=0.4)
-NO_GPU_STATUS = "no NVIDIA GPU found (NVML: driver library not found)"
-
-
-class ScriptedSampler:
-    """Returns the given snapshots in turn, starting over after the last."""
-
-    def __init__(self, snapshots: Sequence[Snapshot]) -> None:
-        if not snapshots:
-            raise ValueError("ScriptedSampler needs at least one snapshot")
-        self.snapshots = tuple(snapshots)
-        self._cycle = itertools.cycle(self.snapshots)
-        self._lock = threading.Lock()
-        self.calls = 0
-
-    def sample(self) -> Snapshot:
-        with self._lock:
-            self.calls += 1
-            return next(self._cycle)
-
-
-def fake_snapshot(gpus_gib: Sequence[float] = (), used_gib: Sequence[float] = (), *, name: str = "NVIDIA Fake GPU",
-                  processes: bool = True, utilization: float | Sequence[float] = 0.0,
-                  host: HostSample | None = None, visible: tuple[int, ...] | None = None,
-                  time: float = 0.0) -> Snapshot:
-    """A made-up snapshot: one GPU per entry of `gpus_gib` (total GiB), `used_gib` already taken on each (by a
-    fake process `python other_job.py` when `processes`). No entries: the no-driver state."""
-    gpus = []
-    for i, total in enumerate(gpus_gib):
-        used = float(used_gib[i]) if i < len(used_gib) else 0.0
-        util = utilization if isinstance(utilization, (int, float)) else utilization[i]
-        procs = (GpuProcess(pid=4242 + i, user="someone", memory_gib=used, command="python other_job.py"),) \
-            if processes and used > 0 else ()
-        gpus.append(GpuSample(
-            index=i, name=name, memory_total_gib=float(total), memory_used_gib=used,
-            memory_free_gib=float(total) - used, utilization_pct=float(util), temperature_c=40.0,
-            power_w=60.0, power_limit_w=300.0, processes=procs, uuid=f"GPU-fake-{i:04d}"))
-    return Snapshot(gpus=tuple(gpus), host=host or FAKE_HOST, gpu_status="ok" if gpus else NO_GPU_STATUS,
-                    time=time, visible=visible)
-
-
-__all__ = ["GpuProcess", "GpuSample", "Snapshot", "Sampler", "SystemSampler", "ScriptedSampler", "fake_snapshot",
-           "visible_devices", "visible_migs", "nvml_errors", "NO_GPU_STATUS", "FAKE_HOST"]
+__all__ = ["GpuProcess", "GpuSample", "Snapshot", "SystemSampler", "visible_devices", "visible_migs", "nvml_errors"]

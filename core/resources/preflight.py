@@ -9,10 +9,11 @@ import os
 from dataclasses import dataclass
 
 from core.errors import TuneError
-from core.resources.estimate import (Estimate, EstimateSettings, ModelShape, estimate, find_config, hf_cache_dir,
-                                     load_shape)
+from core.hub import hf_cache_dir, is_hub_id
+from core.resources.estimate import Estimate, EstimateSettings, estimate
 from core.resources.gpus import GpuSample, Snapshot, SystemSampler
 from core.resources.recommend import FIT_FRACTION, NAMES, Suggestion, suggest_fixes
+from core.resources.shape import ModelShape, find_config, load_shape
 
 
 @dataclass(frozen=True)
@@ -87,9 +88,7 @@ def fetch_hub_config(config) -> str | None:
         return None
     except TuneError:
         pass
-    from core.resources.estimate import _looks_like_path
-
-    if _looks_like_path(name) or os.path.exists(os.path.expanduser(name)):
+    if not is_hub_id(name) or os.path.exists(os.path.expanduser(name)):
         return None
     from huggingface_hub import constants, hf_hub_download
 

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from core.resources.estimate import (FIT_FRACTION, METHODS, Estimate, EstimateSettings, ModelShape, count_text,
-                                     estimate, estimate_all)
+from core.resources.estimate import (FIT_FRACTION, METHODS, Estimate, EstimateSettings, count_text, estimate,
+                                     estimate_all)
+from core.resources.shape import ModelShape
 
-# FIT_FRACTION (0.9, ESTIMATION.md §3.6): recommend a method only if its peak is at most 0.9 × free memory.
+# FIT_FRACTION (0.9, docs/estimator.md §3.6): recommend a method only if its peak is at most 0.9 × free memory.
 SMALL_DATA_ROWS = 2_000
 """Below this many examples, training few weights (freeze) overfits less when memory is short."""
 LARGE_DATA_ROWS = 50_000

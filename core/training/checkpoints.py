@@ -136,5 +136,32 @@ class AtomicCheckpointTrainer(Trainer):
                                best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
 
 
-__all__ = ["AtomicCheckpointTrainer", "DiskFull", "is_disk_full", "free_bytes", "format_bytes",
+def save_final(trainer, tokenizer, run_dir: Path, labels: list[str] | None) -> Path:
+    """Write the trained model (an adapter for LoRA/QLoRA, full weights otherwise), its tokenizer and a classifier's
+    labels to run_dir/final/, whole or not at all; a full disk raises DiskFull. Returns the final/ folder."""
+    final = run_dir / rundir.FINAL
+    # Written beside final/ and renamed into place: a kill or a full disk never leaves half a final/.
+    tmp = run_dir / ".final-tmp"
+    old = run_dir / ".final-old"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
+    try:
+        trainer.save_model(str(tmp))  # adapter for LoRA/QLoRA, full weights (safetensors) otherwise
+        tokenizer.save_pretrained(str(tmp))
+        if labels is not None:
+            rundir.write_labels(tmp, labels)
+    except Exception as exc:
+        full, free = is_disk_full(exc, run_dir), free_bytes(run_dir)  # before the cleanup frees space
+        shutil.rmtree(tmp, ignore_errors=True)
+        if full:
+            raise DiskFull(final, "the final model", free, exc) from exc
+        raise
+    rundir.apply_umask(tmp)  # safetensors writes 0600 whatever the umask: others on the box may load it
+    if final.exists():  # a resumed run replaces the previous final/: swap, then drop the old one
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
+
+__all__ = ["AtomicCheckpointTrainer", "save_final", "DiskFull", "is_disk_full", "free_bytes", "format_bytes",
            "exception_chain"]

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -14,14 +13,12 @@ from pathlib import Path
 from core import demo
 from core.config import MethodSpec, ModelSpec
 from core.errors import TuneError
+from core.hub import has_tokenizer, is_hub_id
 
 log = logging.getLogger(__name__)
 
 DEMO_SEED = 1234
 """Seed of the demo weights: every machine materialises the same demo model."""
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model",
-                   "sentencepiece.bpe.model", "tokenizer_config.json")
 
 # Files a hub snapshot never needs for fine-tuning: other frameworks' weights and original checkpoints.
 HUB_IGNORE = ["*.pth", "*.pt", "original/*", "*.gguf", "*.onnx", "*.onnx_data", "*.msgpack", "*.h5", "*.ot",
@@ -36,17 +33,9 @@ def resolve_model_dir(spec: ModelSpec) -> Path:
     if demo.is_demo(name):
         return _demo_dir(name)
     path = Path(name).expanduser()
-    if path.exists() or _looks_like_path(name):
+    if path.exists() or not is_hub_id(name):  # ./x, /x, ~/x, a/b/c: meant as a folder
         return _local_dir(path, name)
     return _hub_dir(name, spec.revision)
-
-
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
-
-
-def _looks_like_path(name: str) -> bool:
-    # A hub id is `name` or `owner/name`; anything else (./x, /x, ~/x, a/b/c) is meant as a folder.
-    return not HUB_ID.match(name)
 
 
 def _local_dir(path: Path, name: str) -> Path:
@@ -154,10 +143,6 @@ def _build_demo(out: Path) -> None:
 
 
 # ---------------------------------------------------------------- tokenizer
-
-def has_tokenizer(model_dir: Path) -> bool:
-    return any((model_dir / f).is_file() for f in TOKENIZER_FILES[:-1])
-
 
 def load_tokenizer(spec: ModelSpec, model_dir: Path | None = None):
     """The model's tokenizer with a pad token (pad = eos when the model has none)."""
@@ -362,7 +347,11 @@ def _placement(device: str):
 
 
 def disable_cpu_4bit_fast_path(model) -> None:
-    """NOTES.md: bnb's CPU inference fast path repacks 4-bit weights in place and breaks later steps."""
+    """Turn off bitsandbytes' CPU inference fast path for 4-bit layers.
+
+    On a CPU with AVX512-BF16, Linear4bit's first forward in eval mode without gradients (an evaluation during
+    training) repacks its weight in place into a layout for CPU inference, which breaks the training steps after
+    it. With the fast path off, the weight keeps the layout training uses."""
     try:
         from bitsandbytes.nn import Linear4bit
     except Exception:
@@ -373,4 +362,4 @@ def disable_cpu_4bit_fast_path(model) -> None:
 
 
 __all__ = ["resolve_model_dir", "load_tokenizer", "load_model", "resolve_device", "resolve_dtype",
-           "check_bitsandbytes", "disable_cpu_4bit_fast_path", "has_tokenizer", "DEMO_SEED"]
+           "check_bitsandbytes", "disable_cpu_4bit_fast_path", "DEMO_SEED"]

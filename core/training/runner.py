@@ -2,10 +2,13 @@
 
 It never raises (except KeyboardInterrupt/SystemExit, after reporting) and always ends with exactly one RunFinished
 or RunFailed, also written to the run's events.jsonl. Heavy libraries are imported inside functions.
+
+Beside it: the Trainer's settings (trainargs), library logs as events (liblogs), failures in words (failures).
+Over 400 lines on purpose: one _Session carries a run from its folder to its one terminal event, and its steps
+(prepare, train, save, fail) share that session's state.
 """
 from __future__ import annotations
 
-import contextlib
 import gc
 import logging
 import os
@@ -26,17 +29,14 @@ from core.errors import TuneError
 from core.events import (DataReady, Emit, Event, LogLine, ModelReady, PhaseChanged, RunFailed, RunFinished,
                          RunStarted)
 from core.launch import LAUNCHER_ENV, RUN_DIR_ENV
+from core.training.failures import (collective_failure, disk_full_message, is_oom, memory_at_failure, oom_message,
+                                    peer_failure_message, release_paged_buffers)
+from core.training.liblogs import forward_logs
+from core.training.trainargs import accuracy, log_device, training_arguments
 
 log = logging.getLogger(__name__)
 
-# Loggers forwarded as LogLine events while a run goes, and the level each is opened to.
-# transformers logs every config it reads at INFO: only its Trainer is worth hearing at that level.
-FORWARDED_LOGGERS = {"core": logging.INFO, "transformers": logging.WARNING, "transformers.trainer": logging.INFO,
-                     "peft": logging.INFO, "datasets": logging.WARNING, "accelerate": logging.WARNING,
-                     "huggingface_hub": logging.WARNING, "bitsandbytes": logging.WARNING,
-                     "py.warnings": logging.WARNING}
 PROGRESS_EVENTS_PER_SECOND = 10
-OPTIMIZERS = {"adamw": "adamw_torch", "adamw8bit": "adamw_bnb_8bit", "paged_adamw8bit": "paged_adamw_8bit"}
 
 
 @dataclass
@@ -152,7 +152,7 @@ class _Session:
     def execute(self, resume_from) -> RunOutcome:
         outcome = None
         try:
-            with _forward_logs(self.emit):
+            with forward_logs(self.emit):
                 try:
                     outcome = self._run(resume_from)
                 except TuneError as exc:
@@ -183,7 +183,6 @@ class _Session:
                 torch.cuda.empty_cache()
 
     def _run(self, resume_from) -> RunOutcome:
-        from core.training import data as data_mod
         from core.training import gpu
         from core.training.models import check_bitsandbytes, resolve_device
 
@@ -209,7 +208,7 @@ class _Session:
         stopped = False
         try:
             with self.group.main_first():  # rank 0 fills the model and tokenization caches, then the others read
-                prepared, tokenizer, model, model_dir = self._prepare(config, device, data_mod)
+                prepared, tokenizer, model, model_dir = self._prepare(config, device)
         except _StopRequested:
             stopped = True
         # Every rank stops before training, or none does (a stop seen by rank 0 alone would leave the others
@@ -320,19 +319,21 @@ class _Session:
         elif result.message:
             log.info("Memory preflight: %s", result.message)
 
-    def _prepare(self, config: RunConfig, device: str, data_mod):
+    def _prepare(self, config: RunConfig, device: str):
         from transformers import set_seed
 
         from core.training import gpu
         from core.methods import apply as apply_method
+        from core.training.encode import tokenize
         from core.training.models import load_model, load_tokenizer, resolve_model_dir
+        from core.training.rawdata import load_raw
 
         if not _engine_imported:
             self.emit(PhaseChanged(phase="preparing_data", message="importing torch, datasets and transformers"))
             import_engine()
         # Data first: it is cheap and a bad file should fail before minutes of model loading.
         self.emit(PhaseChanged(phase="preparing_data", message=f"reading {config.data.path}"))
-        raw = data_mod.load_raw(config.data, seed=config.train.seed)
+        raw = load_raw(config.data, seed=config.train.seed)
 
         self.emit(PhaseChanged(phase="loading_model", message=f"resolving {config.model.name_or_path}"))
         model_dir = resolve_model_dir(config.model)
@@ -342,7 +343,7 @@ class _Session:
         tokenizer = load_tokenizer(config.model, model_dir)
 
         self.emit(PhaseChanged(phase="preparing_data", done=0, message="tokenizing"))
-        prepared = data_mod.tokenize(raw, tokenizer, config.data, progress=self._progress("preparing_data"))
+        prepared = tokenize(raw, tokenizer, config.data, progress=self._progress("preparing_data"))
         n_val = len(prepared.val) if prepared.val is not None else 0
         self.emit(DataReady(format=prepared.format, train_examples=len(prepared.train), val_examples=n_val,
                             token_stats=dict(prepared.stats or {})))
@@ -396,7 +397,7 @@ class _Session:
         args = training_arguments(config, self.run_dir, device, precision, has_val=has_val,
                                   distributed=self.group.active)
         if device.startswith("cuda"):
-            _log_device()
+            log_device()
         if checkpoint:
             args.eval_on_start = False  # a resumed run's curve already starts from the base model's loss
         self.callback = EventCallback(self.emit, self.control, group=self.group)
@@ -406,7 +407,7 @@ class _Session:
             eval_dataset=prepared.val if has_val else None,
             data_collator=prepared.collator(tokenizer), processing_class=tokenizer,
             callbacks=[self.callback, BackwardFromTrainable()],
-            compute_metrics=_accuracy if prepared.task == "classification" else None,
+            compute_metrics=accuracy if prepared.task == "classification" else None,
         )
         # The Trainer prints logs to stdout by default; events carry them instead.
         trainer.remove_callback(PrinterCallback)
@@ -437,30 +438,10 @@ class _Session:
         return self._finish(stopped=False, final_dir=final_dir, train_loss=result.training_loss)
 
     def _save_final(self, trainer, tokenizer, prepared) -> Path:
-        from core.training.checkpoints import DiskFull, free_bytes, is_disk_full
+        from core.training.checkpoints import save_final
 
-        final = self.run_dir / rundir.FINAL
-        # Written beside final/ and renamed into place: a kill or a full disk never leaves half a final/.
-        tmp = self.run_dir / ".final-tmp"
-        old = self.run_dir / ".final-old"
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
-        try:
-            trainer.save_model(str(tmp))  # adapter for LoRA/QLoRA, full weights (safetensors) otherwise
-            tokenizer.save_pretrained(str(tmp))
-            if prepared.task == "classification":
-                rundir.write_labels(tmp, list(prepared.label_names))
-        except Exception as exc:
-            full, free = is_disk_full(exc, self.run_dir), free_bytes(self.run_dir)  # before the cleanup frees space
-            shutil.rmtree(tmp, ignore_errors=True)
-            if full:
-                raise DiskFull(final, "the final model", free, exc) from exc
-            raise
-        rundir.apply_umask(tmp)  # safetensors writes 0600 whatever the umask: others on the box may load it
-        if final.exists():  # a resumed run replaces the previous final/: swap, then drop the old one
-            final.rename(old)
-        tmp.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
+        labels = list(prepared.label_names) if prepared.task == "classification" else None
+        final = save_final(trainer, tokenizer, self.run_dir, labels)
         # The Trainer's own line names the temporary folder; say where the result is.
         log.info("Saved the final %s to %s", methods.get(self.config.method.kind).saves, final)
         return final
@@ -472,7 +453,7 @@ class _Session:
 
         memory = getattr(self, "memory", None)
         peak = gpu.cuda_peak_gib(memory)
-        _free_paged_buffers()
+        release_paged_buffers()
         event = RunFinished(run_dir=str(self.run_dir), final_dir=str(final_dir) if final_dir else None,
                             step=self.step, max_steps=self.max_steps, stopped=stopped, train_loss=train_loss,
                             peak_gpu_memory_gib=peak, estimated_peak_gib=self.estimated_peak_gib,
@@ -509,26 +490,8 @@ class _Session:
         return RunOutcome("failed", self.run_dir, None, step or 0, event)
 
     def _fail_disk_full(self, exc: Exception) -> RunOutcome:
-        from core.training.checkpoints import DiskFull, exception_chain, format_bytes, free_bytes
-
-        if isinstance(exc, DiskFull):
-            what, folder, free = exc.what, exc.folder, exc.free_bytes
-        else:  # outside a save (config.yaml, the datasets cache ...): the file's own folder when the error names it
-            named = next((e.filename for e in exception_chain(exc) if isinstance(e, OSError) and e.filename), None)
-            folder = Path(os.fsdecode(named)).parent if named else self.run_dir
-            what, free = "files", free_bytes(folder)
         step = self._step_now()
-        latest = rundir.latest_checkpoint(self.run_dir)
-        kept = (f"The newest complete checkpoint, {latest.name}, is intact" if latest is not None
-                else "No checkpoint had been written yet")
-        # A save that failed removed what it had written (core.training.checkpoints; _save_final).
-        kept += "; nothing half-written was kept. " if isinstance(exc, DiskFull) else ". "
-        again = (f"then continue with `tunetui train --resume {self.run_dir}`" if latest is not None
-                 else f"then start it again with `tunetui train {self.run_dir / rundir.CONFIG_FILE}`")
-        message = (f"The disk is full: writing {what} to {folder} failed ({format_bytes(free)} free there"
-                   f"{f', at step {step}' if step else ''}). {kept}Free some space on that disk (the checkpoints/ "
-                   f"folders of runs you will not resume can go), or keep fewer checkpoints "
-                   f"(--set train.save_total_limit=1), {again}.")
+        message = disk_full_message(exc, self.run_dir, step)
         event = RunFailed(message=message, kind="disk_full", run_dir=str(self.run_dir), step=step)
         self.emit(event)
         return RunOutcome("failed", self.run_dir, None, step or 0, event)
@@ -540,22 +503,20 @@ class _Session:
         step = self._step_now()
         tb = traceback.format_exc()
         peak = reserved = None
-        if _is_oom(exc):
+        if is_oom(exc):
             kind = "out_of_memory"
-            peak, reserved = _memory_at_failure(getattr(self, "memory", None))
+            peak, reserved = memory_at_failure(getattr(self, "memory", None))
             # The traceback's frames hold the model and activations: drop them so the GPU memory really frees.
             traceback.clear_frames(exc.__traceback__)
             self._release()
-            message = _oom_advice(self.config, peak, exc) or "Out of GPU memory."
+            message = oom_message(self.config, peak, exc) or "Out of GPU memory."
             if step:
                 message += f" (It ran out at step {step}.)"
         elif isinstance(exc, KeyboardInterrupt):
             kind, message, tb = "error", "Interrupted (a second Ctrl-C): no checkpoint was saved.", None
-        elif self.group.active and _collective_failure(exc):
+        elif self.group.active and collective_failure(exc):
             kind = "error"
-            message = (f"Another process of the group failed, which broke torch.distributed here (rank "
-                       f"{self.group.rank}: {type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]}). "
-                       "torchrun's output names the rank that failed first.")
+            message = peer_failure_message(exc, self.group.rank)
             if os.environ.get(LAUNCHER_ENV):
                 # `tunetui train --nproc` hears from torchrun which rank failed, and how, and writes the run's
                 # RunFailed naming it (core.launch.record_failure): this rank only logs what it saw.
@@ -566,7 +527,7 @@ class _Session:
         else:
             kind = "error"
             message = f"{type(exc).__name__}: {exc} (this is a bug; the traceback is in events.jsonl)"
-        _free_paged_buffers()
+        release_paged_buffers()
         event = RunFailed(message=message, kind=kind, run_dir=str(self.run_dir) if self.run_dir else None,
                           step=step, traceback=tb, peak_gpu_memory_gib=peak, reserved_gib=reserved)
         self.emit(event)
@@ -590,270 +551,4 @@ class _Session:
             rundir.clear_pid(self.run_dir)
 
 
-# ---------------------------------------------------------------- trainer set-up
-
-def resolve_precision(precision: str, device: str) -> str:
-    """bf16 | fp16 | fp32 for the Trainer: `auto` is bf16 on GPUs that have it natively (sm80+), fp16 on older
-    GPUs, fp32 on CPU (core.training.gpu.decide_precision, which also says why)."""
-    from core.training import gpu
-
-    return gpu.decide_precision(precision, device, gpu.current_card(device)).precision
-
-
-def _log_device() -> None:
-    """Name the GPU this run trains on as nvidia-smi numbers it, and say when other visible GPUs stay idle."""
-    import os
-
-    import torch
-
-    from core.training import gpu
-
-    try:
-        from core.resources.gpus import SystemSampler
-
-        sampler = SystemSampler()
-        try:
-            snapshot = sampler.sample()
-        finally:
-            sampler.close()
-        gpus, migs = snapshot.gpus, snapshot.migs
-    except Exception:  # noqa: BLE001 - naming the GPU is best effort
-        gpus, migs = (), ()
-    logical = torch.cuda.current_device()
-    log.info("%s", gpu.describe_device(logical, gpu.current_card(f"cuda:{logical}"),
-                                       os.environ.get("CUDA_VISIBLE_DEVICES"), gpus, torch.cuda.device_count(),
-                                       migs))
-
-
-def training_arguments(config: RunConfig, run_dir: Path, device: str, precision: str, *, has_val: bool,
-                       distributed: bool = False):
-    """The TrainingArguments for a run: the Trainer does accumulation, precision, schedule, checkpoints, and (under
-    torchrun, `distributed`) DDP over the process group."""
-    from transformers import TrainingArguments
-
-    from core.training.distributed import DDP_TIMEOUT_SECONDS
-
-    t = config.train
-    evaluate_every = has_val and t.eval_steps > 0
-    try:
-        args = TrainingArguments(
-            output_dir=str(run_dir / rundir.CHECKPOINTS),
-            per_device_train_batch_size=t.batch_size, per_device_eval_batch_size=t.batch_size,
-            gradient_accumulation_steps=t.grad_accum,
-            num_train_epochs=t.epochs, max_steps=t.max_steps,
-            learning_rate=t.lr, lr_scheduler_type=t.scheduler,
-            warmup_steps=float(t.warmup_ratio),  # a float in [0, 1) is a fraction of the steps
-            weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm,
-            optim=("adamw_torch_fused" if device.startswith("cuda") else "adamw_torch")
-            if t.optim == "adamw" else OPTIMIZERS[t.optim],
-            bf16=precision == "bf16", fp16=precision == "fp16", use_cpu=device == "cpu",
-            activation_checkpointing=t.gradient_checkpointing,
-            activation_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
-            logging_strategy="steps", logging_steps=t.logging_steps,
-            # The filter logs a NaN loss as the running mean (a dead run reads "loss 0.0"); GuardedTrainer stops it.
-            logging_nan_inf_filter=False,
-            eval_strategy="steps" if evaluate_every else "no", eval_steps=t.eval_steps if evaluate_every else None,
-            # The curve starts from the base model's loss, so a chart shows how far the run moved it.
-            eval_on_start=evaluate_every,
-            save_strategy="steps", save_steps=t.save_steps, save_total_limit=t.save_total_limit,
-            seed=t.seed, data_seed=t.seed,
-            include_num_input_tokens_seen="non_padding",  # tokens/s counts real tokens, not padding
-            label_names=["labels"],
-            report_to="none", disable_tqdm=True,
-            dataloader_pin_memory=device.startswith("cuda"), dataloader_num_workers=0,
-            # gloo on the CPU (accelerate would pick MPI where torch has it), nccl on CUDA (accelerate's default).
-            ddp_backend=("gloo" if device == "cpu" else None) if distributed else None,
-            ddp_timeout=DDP_TIMEOUT_SECONDS,
-            # LoRA/freeze leave most parameters without gradients: DDP must not wait for them. Every trainable one
-            # gets a gradient each step, so the (costly) unused-parameter search stays off.
-            ddp_find_unused_parameters=False if distributed else None,
-        )
-    except ValueError as exc:
-        text = str(exc)
-        if "scheduler" in text.lower() or "SchedulerType" in text:
-            raise TuneError(f"`train.scheduler` is {t.scheduler!r}, which transformers does not know",
-                            "train.scheduler", "Use linear, cosine, constant, constant_with_warmup or "
-                            "cosine_with_restarts") from None
-        raise
-    if device.startswith("cuda"):
-        from core.training.gpu import one_device_per_process
-
-        one_device_per_process(args)  # never nn.DataParallel over every visible GPU
-    return args
-
-
-def _accuracy(eval_pred) -> dict:
-    """Accuracy, macro-F1 and the confusion matrix of a classification evaluation (see core.training.metrics)."""
-    from core.training.metrics import classification_metrics
-
-    logits = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
-    return classification_metrics(logits, eval_pred.label_ids)
-
-
-# ---------------------------------------------------------------- failures
-
-def _collective_failure(exc: BaseException) -> bool:
-    from core.training.distributed import is_collective_failure
-
-    return is_collective_failure(exc)
-
-
-def _is_oom(exc: BaseException) -> bool:
-    from core.training.gpu import is_cuda_oom
-
-    return is_cuda_oom(exc)
-
-
-def _memory_at_failure(memory) -> tuple[float | None, float | None]:
-    """(peak allocated, reserved) GiB when an out-of-memory error struck; (None, None) where CUDA cannot say."""
-    try:
-        import torch
-
-        from core.training import gpu
-
-        peak = gpu.cuda_peak_gib(memory)
-        reserved = torch.cuda.memory_reserved() / gpu.GIB if peak is not None else None
-        return peak, reserved
-    except Exception:  # noqa: BLE001 - the failure report must not fail
-        return None, None
-
-
-def _oom_advice(config: RunConfig, peak_gib: float | None = None, exc: BaseException | None = None) -> str:
-    try:
-        from core.resources.preflight import oom_advice
-    except ImportError:
-        return ("Out of GPU memory. Try a smaller train.batch_size (raise train.grad_accum to keep the effective "
-                "batch), train.gradient_checkpointing: true, a shorter data.max_length, or method.kind: qlora.")
-    try:
-        from core.training.gpu import tried_to_allocate_gib
-
-        tried = tried_to_allocate_gib(exc) if exc is not None else None
-        return oom_advice(config, measured_gib=peak_gib, tried_gib=tried)
-    except Exception:  # advice is best effort
-        return ""
-
-
-def _free_paged_buffers() -> None:
-    """bitsandbytes keeps paged optimizer buffers in a process-wide list: empty it when a run ends (see gpu.py)."""
-    try:
-        from core.training.gpu import free_paged_buffers
-
-        count, gib = free_paged_buffers()
-    except Exception:  # noqa: BLE001 - cleanup is best effort
-        return
-    if count:
-        log.info("Dropped %d paged optimizer buffers (%.2f GiB) from bitsandbytes' page manager; bitsandbytes "
-                 "cannot free their unified memory before this process exits (a later run in this app shares the "
-                 "GPU with it; restart the app, or use train.optim: adamw8bit, to avoid that)", count, gib)
-
-
-# ---------------------------------------------------------------- logging
-
-# Library lines that say nothing about this run (the Trainer's "Training completed. Do not forget to share your
-# model on huggingface.co" after every run).
-_NOISE = ("Training completed. Do not forget to share",)
-
-
-class _EventLogHandler(logging.Handler):
-    def __init__(self, emit: Emit):
-        super().__init__(logging.INFO)
-        self._emit = emit
-        self._local = threading.local()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if getattr(self._local, "busy", False):
-            return  # a listener that logs must not recurse back here
-        self._local.busy = True
-        try:
-            message = record.getMessage().strip("\n")
-            if not message.strip() or message.startswith(_NOISE):
-                return
-            if record.exc_info:
-                message += "\n" + "".join(traceback.format_exception(*record.exc_info)).rstrip()
-            self._emit(LogLine(level=record.levelname, message=message, logger=record.name))
-        except Exception:
-            self.handleError(record)
-        finally:
-            self._local.busy = False
-
-
-@contextlib.contextmanager
-def _forward_logs(emit: Emit):
-    """While a run goes: library logs become LogLine events (not stderr), progress bars are off."""
-    import warnings
-
-    handler = _EventLogHandler(emit)
-    _configure_library_loggers()
-    saved = []
-    for name, level in FORWARDED_LOGGERS.items():
-        logger = logging.getLogger(name)
-        # The libraries' own stderr handlers would print over the TUI: detach them for the run.
-        own = [h for h in logger.handlers if isinstance(h, logging.StreamHandler)
-               and not isinstance(h, logging.FileHandler)]
-        saved.append((logger, logger.level, own))
-        for h in own:
-            logger.removeHandler(h)
-        logger.setLevel(level)
-        if "." not in name:  # children (transformers.trainer) reach the handler by propagation
-            logger.addHandler(handler)
-    capturing = warnings.showwarning is getattr(logging, "_showwarning", None)
-    if not capturing:
-        logging.captureWarnings(True)
-    bars = _progress_bars_off()
-    try:
-        yield
-    finally:
-        bars()
-        if not capturing:
-            logging.captureWarnings(False)
-        for logger, level, own in saved:
-            logger.removeHandler(handler)
-            logger.setLevel(level)
-            for h in own:
-                logger.addHandler(h)
-
-
-def _configure_library_loggers() -> None:
-    """transformers and datasets attach their stderr handlers on first use: make that happen now, to detach them."""
-    for module in ("transformers.utils.logging", "datasets.utils.logging"):
-        try:
-            __import__(module, fromlist=["get_logger"]).get_logger()
-        except ImportError:
-            pass
-
-
-def _progress_bars_off():
-    """Turn off transformers/datasets/hub progress bars (they print to the terminal); returns the undo."""
-    undo = []
-    try:
-        import transformers.utils.logging as tlog
-
-        if tlog.is_progress_bar_enabled():
-            tlog.disable_progress_bar()
-            undo.append(tlog.enable_progress_bar)
-    except ImportError:
-        pass
-    try:
-        import datasets
-
-        if datasets.is_progress_bar_enabled():
-            datasets.disable_progress_bars()
-            undo.append(datasets.enable_progress_bars)
-    except ImportError:
-        pass
-    try:
-        import huggingface_hub.utils as hub
-
-        if not hub.are_progress_bars_disabled():
-            hub.disable_progress_bars()
-            undo.append(hub.enable_progress_bars)
-    except ImportError:
-        pass
-
-    def restore():
-        for fn in undo:
-            fn()
-    return restore
-
-
-__all__ = ["run", "RunOutcome", "training_arguments", "resolve_precision"]
+__all__ = ["run", "RunOutcome", "import_engine"]

@@ -37,7 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from core.chat import BASE, TUNED, ChatModel, Sampling, resolve_target
+    from core.chat import BASE, TUNED, ChatModel, Sampling
+    from core.chattarget import resolve_target
     from core.terminal import guard_std_streams
 
     guard_std_streams()

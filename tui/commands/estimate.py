@@ -43,7 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from core.errors import TuneError
-    from core.resources.estimate import EstimateSettings, load_shape
+    from core.resources.estimate import EstimateSettings
+    from core.resources.shape import load_shape
     from core.resources.recommend import recommend
 
     for name in ("batch_size", "grad_accum", "max_length", "lora_r", "gpus"):

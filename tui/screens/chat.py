@@ -34,7 +34,7 @@ GIB = 2**30
 
 def describe_target(text: str, device: str) -> tuple[Any, Any]:
     """(core.chat.Target, LoadEstimate) from the files alone."""
-    from core.chat import load_estimate, resolve_target
+    from core.chattarget import load_estimate, resolve_target
 
     target = resolve_target(text)
     return target, load_estimate(target, device)

@@ -216,7 +216,7 @@ class DataScreen(SetupScreen):
 
     def _make_preview(self, config: RunConfig, key: tuple) -> tuple[tuple, Any, str | None]:
         from core import demo
-        from core.training.data import preview
+        from core.training.preview import preview
         from core.training.models import load_tokenizer
 
         try:

@@ -419,7 +419,7 @@ class MethodScreen(SetupScreen):
 
 
 def _read_shape(name: str, trust_remote_code: bool) -> tuple[str, Any, str | None]:
-    from core.resources.estimate import load_shape
+    from core.resources.shape import load_shape
 
     try:
         return name, load_shape(name, trust_remote_code), None

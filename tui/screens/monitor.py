@@ -171,7 +171,8 @@ class MonitorScreen(Screen):
         """Thread worker: estimate every method for the draft and pick one."""
         advice, error = None, None
         try:
-            from core.resources.estimate import EstimateSettings, load_shape
+            from core.resources.estimate import EstimateSettings
+            from core.resources.shape import load_shape
             from core.resources.recommend import recommend
 
             shape = load_shape(config.model.name_or_path)

@@ -332,7 +332,7 @@ class ReviewScreen(SetupScreen):
         self.shape, self.shape_for, self.shape_error = None, name, None
 
         def read() -> tuple[str, Any, str | None]:
-            from core.resources.estimate import load_shape
+            from core.resources.shape import load_shape
 
             try:
                 return name, load_shape(name, trust_remote_code), None
