@@ -17,9 +17,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
+from core import methods
 from core.chattarget import Target, resolve_target
 from core.config import MethodSpec, ModelSpec
 from core.errors import TuneError
+
+AS_IS = MethodSpec(kind=methods.FULL.name)
+"""How a whole model (a plain one, or a Full/Freeze run's final/) loads: every weight as stored, unquantized."""
 
 TUNED, BASE = "tuned", "base"
 
@@ -116,7 +120,7 @@ class ChatModel:
             say(f"loading {target.model.name_or_path}")
             model_dir = target.weights or resolve_model_dir(target.model)
             tokenizer = load_tokenizer(target.model, model_dir)
-            model = load(target.model, MethodSpec(kind="full"), model_dir, tokenizer.pad_token_id)
+            model = load(target.model, AS_IS, model_dir, tokenizer.pad_token_id)
             return cls(target, tokenizer, model, None, device, shared_base=False)
 
         say(f"resolving the base model {target.model.name_or_path}")
@@ -125,8 +129,9 @@ class ChatModel:
         if target.adapter:
             from peft import PeftModel
 
+            quantized = methods.get(target.method.kind).quantized
             say(f"loading the base model {target.model.name_or_path}"
-                + (" (4-bit, as trained)" if target.method.kind == "qlora" else ""))
+                + (f" ({target.method.quant.bits}-bit, as trained)" if quantized else ""))
             base = load(target.model, target.method, base_dir, tokenizer.pad_token_id)
             say(f"loading the adapter from {target.weights}")
             model = PeftModel.from_pretrained(base, str(target.weights))
@@ -134,13 +139,12 @@ class ChatModel:
             return cls(target, tokenizer, model, model, device, shared_base=True)
 
         say(f"loading the tuned model from {target.weights}")
-        full = MethodSpec(kind="full")
         tuned_spec = replace(target.model, name_or_path=str(target.weights))
-        tuned = load(tuned_spec, full, target.weights, tokenizer.pad_token_id)
+        tuned = load(tuned_spec, AS_IS, target.weights, tokenizer.pad_token_id)
         base = None
         if with_base:
             say(f"loading the base model {target.model.name_or_path}")
-            base = load(target.model, full, base_dir, tokenizer.pad_token_id)
+            base = load(target.model, AS_IS, base_dir, tokenizer.pad_token_id)
         return cls(target, tokenizer, tuned, base, device, shared_base=False)
 
     @property

@@ -10,7 +10,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from core import demo, rundir
+from core import demo, methods, rundir
 from core.config import MethodSpec, ModelSpec, RunConfig
 from core.errors import TuneError
 from core.hub import is_hub_id
@@ -48,7 +48,7 @@ class Target:
     def method(self) -> MethodSpec:
         if self.config is not None:
             return self.config.method
-        return MethodSpec(kind="lora" if self.adapter else "full")
+        return MethodSpec(kind=(methods.LORA if self.adapter else methods.FULL).name)
 
     @property
     def has_base(self) -> bool:
@@ -66,7 +66,7 @@ class Target:
     @property
     def description(self) -> str:
         """What will be loaded, in a few words."""
-        kind = {"lora": "LoRA", "qlora": "QLoRA", "full": "full fine-tune", "freeze": "freeze"}[self.method.kind]
+        kind = methods.get(self.method.kind).noun
         if self.run_dir is not None:
             return f"{kind} of {self.model.name_or_path}, {self.weights.name if self.weights else ''}".rstrip(", ")
         if self.adapter:
@@ -202,7 +202,7 @@ def load_estimate(target: Target, device: str = "cpu", with_base: bool = True) -
         dtype = "float32" if device == "cpu" else "bfloat16"
     width = {"float32": 4, "bfloat16": 2, "float16": 2}[dtype]
     method = target.method
-    if method.kind == "qlora":
+    if methods.get(method.kind).quantized:
         quant = 0.5 if method.quant.bits == 4 else 1.0  # NF4 packs two weights a byte; LLM.int8 one
         linear = shape.linear_weight_params
         total = linear * quant + (shape.total_params - linear) * width

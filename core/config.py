@@ -16,9 +16,10 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from core import methods
 from core.errors import TuneError
 
-METHODS = ("full", "freeze", "lora", "qlora")
+METHODS = methods.NAMES
 FORMATS = ("auto", "alpaca", "sharegpt", "messages", "text", "classification")
 DEMO_MODEL = "demo:tiny-llama"
 

@@ -114,3 +114,25 @@ def test_qlora_classification_keeps_the_new_head_in_full_precision_and_trains(ar
         losses.append(loss.item())
     assert losses[-1] < losses[0], losses
     assert saved_head and all(not torch.equal(p, saved_head[n]) for n, p in model.named_parameters() if n in saved_head)
+
+
+def test_every_method_is_defined_once_and_the_config_accepts_exactly_those():
+    import typing
+
+    from core import config as cfg
+    from core import methods
+    from core.resources.estimate import EstimateSettings, estimate
+    from core.resources.shape import load_shape
+
+    kinds = typing.get_args(typing.get_type_hints(cfg.MethodSpec)["kind"])
+    assert kinds == methods.NAMES == cfg.METHODS
+    shape = load_shape("demo:tiny-llama")
+    for method in methods.ALL:
+        assert methods.get(method.name) is method and method.title and method.blurb
+        assert method.describe(cfg.MethodSpec(kind=method.name)).startswith(method.title)
+        # The estimator asks the method what trains; the count matches the real model's (see test_estimate).
+        assert estimate(shape, EstimateSettings(method=method.name)).trainable_params > 0
+    with pytest.raises(TuneError, match="Unknown method 'dora'"):
+        methods.get("dora")
+    assert [m.name for m in methods.ALL if m.adapter] == ["lora", "qlora"]
+    assert [m.name for m in methods.ALL if m.quantized] == ["qlora"]

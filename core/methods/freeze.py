@@ -54,6 +54,21 @@ class Freeze(Method):
                 described.append(f"head: {name}")
         return model, described
 
+    def trainable_tensors(self, shape, s) -> list[int]:
+        out = shape.block_tensors() * min(abs(s.trainable_layers), shape.num_layers) + shape.new_head(s.task,
+                                                                                                     s.num_labels)
+        if "norm" in s.freeze_extra:
+            out += list(shape.final_tensors)
+        if "embed_tokens" in s.freeze_extra:
+            out.append(shape.embed_tensors[0])
+        if "lm_head" in s.freeze_extra and s.task != "classification":
+            # A tied head is the embedding matrix: it trains once, whichever name asked for it.
+            if shape.head_tensors:
+                out += list(shape.head_tensors)
+            elif "embed_tokens" not in s.freeze_extra:
+                out.append(shape.embed_tensors[0])
+        return out
+
     def backward_blocks(self, num_layers: int, s) -> int:
         # Backward flows down to the lowest block that trains: the top N, or every block when the bottom ones train.
         return min(abs(s.trainable_layers), num_layers) if s.trainable_layers > 0 else num_layers

@@ -20,5 +20,9 @@ class Full(Method):
             p.requires_grad_(True)
         return model, ["all"]
 
+    def trainable_tensors(self, shape, s) -> list[int]:
+        return (list(shape.embed_tensors) + shape.block_tensors() * shape.num_layers + list(shape.final_tensors)
+                + shape.task_head(s.task, s.num_labels))
+
 
 __all__ = ["Full"]

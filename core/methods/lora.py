@@ -20,6 +20,11 @@ class LoRA(Method):
     def prepare(self, model, spec, task, *, gradient_checkpointing=False):
         return add_adapters(model, spec, task)
 
+    def trainable_tensors(self, shape, s) -> list[int]:
+        from core.resources.estimate import lora_tensors
+
+        return lora_tensors(shape, s)
+
 
 def add_adapters(model, spec, task: str):
     """Wrap `model` in a PeftModel with LoRA adapters as `spec.lora` says; returns (model, descriptions)."""

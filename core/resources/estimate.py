@@ -8,12 +8,13 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
+from core import methods
 from core.errors import TuneError
 from core.resources.shape import LinearShape, ModelShape
 from core.tasks import estimate_task
 
 GIB = 1024 ** 3
-METHODS = ("full", "freeze", "lora", "qlora")
+METHODS = methods.NAMES
 OPTIMS = ("adamw", "adamw8bit", "paged_adamw8bit")
 PRECISIONS = ("bf16", "fp16", "fp32")
 
@@ -45,7 +46,7 @@ STRATEGIES = ("auto", "ddp", "fsdp")
 
 @dataclass(frozen=True)
 class EstimateSettings:
-    method: str = "lora"
+    method: str = methods.DEFAULT.name
     """full | freeze | lora | qlora."""
     trainable_layers: int = 2
     """Freeze: top N blocks train (+N); -N: the bottom N."""
@@ -191,35 +192,19 @@ def _lora_layers(shape: ModelShape, s: EstimateSettings) -> tuple[LinearShape, .
 
 
 def trainable_tensors(shape: ModelShape, s: EstimateSettings) -> list[int]:
-    """Sizes of the tensors that train under `s` (what `requires_grad` would be True for)."""
-    L = shape.num_layers
-    classify = s.task == "classification"
-    cls_head = list(shape.classification_head(s.num_labels)) if classify else []
-    head = list(shape.classification_pooler()) + cls_head if classify else list(shape.head_tensors)
-    block = [lin.in_features * lin.out_features for lin in shape.linears] + \
-            [lin.out_features for lin in shape.linears if lin.bias] + list(shape.block_vectors)
-    if s.method == "full":
-        return list(shape.embed_tensors) + block * L + list(shape.final_tensors) + head
-    if s.method == "freeze":
-        n = min(abs(s.trainable_layers), L)
-        out = block * n + cls_head
-        if "norm" in s.freeze_extra:
-            out += list(shape.final_tensors)
-        if "embed_tokens" in s.freeze_extra:
-            out.append(shape.embed_tensors[0])
-        if "lm_head" in s.freeze_extra and s.task != "classification":
-            # A tied head is the embedding matrix: it trains once, whichever name asked for it.
-            if shape.head_tensors:
-                out += list(shape.head_tensors)
-            elif "embed_tokens" not in s.freeze_extra:
-                out.append(shape.embed_tensors[0])
-        return out
+    """Sizes of the tensors that train under `s` (what `requires_grad` would be True for): the method counts them."""
+    return methods.get(s.method).trainable_tensors(shape, s)
+
+
+def lora_tensors(shape: ModelShape, s: EstimateSettings) -> list[int]:
+    """LoRA's A and B matrices (and DoRA's magnitude vectors) in every block, plus a new head (trained whole:
+    peft's modules_to_save)."""
     out = []
     for lin in _lora_layers(shape, s):
         out += [s.lora_r * lin.in_features, lin.out_features * s.lora_r]
         if s.use_dora:
             out.append(lin.out_features)
-    return out * L + cls_head  # the classification head trains whole (peft modules_to_save)
+    return out * shape.num_layers + shape.new_head(s.task, s.num_labels)
 
 
 def _weights_bytes(s: EstimateSettings) -> tuple[float, float]:
@@ -249,8 +234,9 @@ def _dtype_bytes(s: EstimateSettings) -> tuple[float, float]:
     so the residual stream is too. fp32: both 4."""
     if s.precision == "fp32":
         return 4.0, 4.0
-    amp = s.weights_dtype == "float32" or (s.precision == "fp16" and s.method in ("full", "freeze"))
-    upcast = s.method == "qlora" and s.upcast_non_quantized
+    method = methods.get(s.method)
+    amp = s.weights_dtype == "float32" or (s.precision == "fp16" and not method.adapter)
+    upcast = method.quantized and s.upcast_non_quantized
     return 2.0, 4.0 if amp or upcast else 2.0
 
 
@@ -266,7 +252,8 @@ def activation_bytes_per_token(shape: ModelShape, s: EstimateSettings) -> dict[s
     ab, sb = _dtype_bytes(s)
     h, inter, heads = shape.hidden_size, shape.intermediate_size, shape.num_heads
     q, kv = shape.q_dim or h, shape.kv_dim or h
-    frozen_base = s.method in ("lora", "qlora")
+    method = methods.get(s.method)
+    frozen_base = method.adapter
     # Autocast runs softmax in fp32: eager attention keeps the fp32 probabilities, plus the half copy the next
     # matmul saves (with fp32 compute that copy is the same tensor).
     probs = 4.0 + (ab if ab < 4 else 0.0)
@@ -282,12 +269,12 @@ def activation_bytes_per_token(shape: ModelShape, s: EstimateSettings) -> dict[s
         # and the fp32 log-sum-exp per head. The gated MLP keeps gate and up outputs and the activation (the
         # product feeds a frozen down projection); a plain MLP its fc1 output and the activation. A quantized
         # linear returns its input's dtype, which is fp32 after the k-bit preparation's fp32 norms.
-        mb = 4.0 if s.method == "qlora" and s.upcast_non_quantized else ab
+        mb = 4.0 if method.quantized and s.upcast_non_quantized else ab
         norms = shape.norms_per_layer * 4.0 * h
         attn = ab * (2 * q + 2 * kv) + 4.0 * heads
         mlp = (3 if shape.gated_mlp else 2) * mb * inter
         layer = norms + attn + mlp
-        if s.method == "qlora" and s.quant_saves_input:
+        if method.quantized and s.quant_saves_input:
             # The half-precision input of each quantized matmul: q/k/v and gate/up share one when it is already
             # half; after the fp32 upcast each layer casts (and keeps) its own.
             upcast = s.upcast_non_quantized
@@ -334,23 +321,20 @@ def estimate(shape: ModelShape, settings: EstimateSettings) -> Estimate:
     notes: list[str] = []
     tokens = s.batch_size * s.seq_len
     frozen_b, train_b = _weights_bytes(s)
-    if s.task == "classification":
-        head = shape.classification_pooler() + shape.classification_head(s.num_labels)
-    else:
-        head = shape.head_tensors
-    root_params = sum(shape.embed_tensors) + sum(shape.final_tensors) + sum(head)
+    method = methods.get(s.method)
+    root_params = sum(shape.embed_tensors) + sum(shape.final_tensors) + sum(shape.task_head(s.task, s.num_labels))
     base = root_params + L * shape.layer_params
     trainable = trainable_tensors(shape, s)
     n_train = sum(trainable)
     # What peft reports as "all params": the base model plus the adapters (and the trained copy of a new head).
-    total = base + n_train if s.method in ("lora", "qlora") else base
+    total = base + n_train if method.adapter else base
 
     # W: every weight on the GPU. `block_w` / `root_w`: one block's and the rest's share (FSDP's units).
-    if s.method in ("full", "freeze"):
+    if not method.adapter:
         weights = n_train * train_b + (total - n_train) * frozen_b
         per_param = weights / max(total, 1)
         block_w, root_w = shape.layer_params * per_param, root_params * per_param
-    elif s.method == "lora":
+    elif not method.quantized:
         weights = base * frozen_b + n_train * 4.0  # peft keeps adapters in fp32 (autocast_adapter_dtype)
         block_w, root_w = shape.layer_params * frozen_b + n_train * 4.0 / L, root_params * frozen_b
     else:
@@ -370,7 +354,7 @@ def estimate(shape: ModelShape, settings: EstimateSettings) -> Estimate:
                          "LM head, norms) are held in fp32 by peft's k-bit preparation.")
 
     # T: gradients (the trainable params' dtype) and optimizer state.
-    param_b = train_b if s.method in ("full", "freeze") else 4.0
+    param_b = 4.0 if method.adapter else train_b
     grads = n_train * param_b
     optimizer = sum(_optimizer_bytes(n, param_b, s.optim) for n in trainable)
     if s.optim == "paged_adamw8bit":
@@ -378,11 +362,7 @@ def estimate(shape: ModelShape, settings: EstimateSettings) -> Estimate:
 
     # A: activations. Backward flows through every block above the lowest one that trains.
     per = activation_bytes_per_token(shape, s)
-    if s.method == "freeze":
-        n = min(abs(s.trainable_layers), L)
-        active = n if s.trainable_layers > 0 else L
-    else:
-        active = L
+    active = method.backward_blocks(L, s)
     _, sb = _dtype_bytes(s)
     one_block = tokens * (per["layer"] + per["lora"])
     # Lg: logits and cross-entropy buffers (LOSS_BYTES_PER_VOCAB); chunked losses keep about one half-precision
@@ -415,7 +395,7 @@ def estimate(shape: ModelShape, settings: EstimateSettings) -> Estimate:
     # QLoRA dequantizes one weight at a time for each matmul (bitsandbytes frees it after the matmul): a transient
     # the size of the largest linear in the compute dtype.
     transient = 0.0
-    if s.method == "qlora" and shape.linears:
+    if method.quantized and shape.linears:
         transient = max(lin.in_features * lin.out_features for lin in shape.linears) * 2.0
     # Autocast caches a half copy of each fp32 trainable weight for the forward and backward of a step.
     matmul_b = _dtype_bytes(s)[0]
@@ -446,13 +426,12 @@ def estimate(shape: ModelShape, settings: EstimateSettings) -> Estimate:
         # forward and backward (a transformer block, or the root unit: embeddings, final norm and head), with its
         # full gradients in backward before the reduce-scatter. Prefetching the next unit is not counted.
         N = s.gpus
-        unit_grads = (shape.layer_params if s.method == "full" else n_train / L) * param_b
-        if s.method == "freeze":
-            unit_grads = shape.layer_params * param_b
-        root_grads = root_params * param_b if s.method == "full" else 0.0
+        # A unit's gradients: a whole block's where blocks train (Full, Freeze), its adapters' otherwise.
+        unit_grads = (n_train / L if method.adapter else shape.layer_params) * param_b
+        root_grads = root_params * param_b if method.trains_every_weight else 0.0
         gathered = max(block_w + unit_grads, root_w + root_grads)
         weights, grads, optimizer = weights / N, grads / N, optimizer / N
-        if s.method == "qlora":
+        if method.quantized:
             notes.append("FSDP shards the 4-bit base too (bnb_4bit_quant_storage set to the compute dtype).")
     peak = peak_of(weights, grads, optimizer, gathered + buckets)
     if strategy != "single":

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from core import methods
 from core.errors import TuneError
 from core.hub import hf_cache_dir, is_hub_id
 from core.resources.estimate import Estimate, EstimateSettings, estimate
@@ -63,7 +64,8 @@ def _try(suggestions: list[Suggestion], current_method: str, scale: float = 1.0)
 def _cheaper(shape: ModelShape, settings: EstimateSettings, budget_gib: float) -> list[Suggestion]:
     """Up to two ways under `budget_gib`: a change to this method first, then a cheaper method."""
     out = [s for s in suggest_fixes(shape, settings, budget_gib) if s.fits][:1]
-    for method in ("qlora",) if settings.method != "qlora" else ():
+    # The one cheaper method that changes nothing else: the same adapters on a quantized base.
+    for method in () if methods.get(settings.method).quantized else (methods.QLORA.name,):
         other = settings.with_(method=method)
         peak = estimate(shape, other).peak_gib
         if peak <= budget_gib:

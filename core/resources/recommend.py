@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from core import methods
 from core.resources.estimate import (FIT_FRACTION, METHODS, Estimate, EstimateSettings, count_text, estimate,
                                      estimate_all)
 from core.resources.shape import ModelShape
@@ -20,7 +21,9 @@ LARGE_DATA_ROWS = 50_000
 CPU_MAX_PARAMS = 1_000_000_000
 """Largest model worth training on a CPU (slowly)."""
 CARD_SIZES_GIB = (8, 12, 16, 24, 40, 48, 80, 96, 141, 192)
-NAMES = {"full": "Full", "freeze": "Freeze", "lora": "LoRA", "qlora": "QLoRA"}
+NAMES = {m.name: m.title for m in methods.ALL}
+# The policy below names methods: the recommendation is a choice between these four.
+FULL, FREEZE, LORA, QLORA = methods.FULL.name, methods.FREEZE.name, methods.LORA.name, methods.QLORA.name
 
 
 @dataclass(frozen=True)
@@ -72,35 +75,35 @@ def recommend(shape: ModelShape, settings: EstimateSettings, free_gib: float | N
     free = f"{free_gib:.1f} GiB free"
     rows = f"{dataset_rows:,} rows" if dataset_rows is not None else ""
     method: str
-    if fit["full"] == "fits" and large:
-        method = "full"
+    if fit[FULL] == "fits" and large:
+        method = FULL
         reason = (f"Full fine-tuning fits ({peak['full']:.1f} of {free}) and {rows} are enough data to update "
                   "every weight usefully.")
-    elif small and fit["full"] != "fits" and fit["freeze"] == "fits":
-        method = "freeze"
+    elif small and fit[FULL] != "fits" and fit[FREEZE] == "fits":
+        method = FREEZE
         reason = (f"With only {rows} and memory too short for full fine-tuning ({peak['full']:.1f} GiB needed, "
                   f"{free}), training the {'top' if settings.trainable_layers > 0 else 'bottom'} "
                   f"{abs(settings.trainable_layers)} blocks (Freeze, "
                   f"{peak['freeze']:.1f} GiB) changes few weights and is less likely to overfit.")
-    elif fit["lora"] == "fits":
-        method = "lora"
-        share = estimates["lora"].trainable_params / max(estimates["lora"].total_params, 1) * 100
+    elif fit[LORA] == "fits":
+        method = LORA
+        share = estimates[LORA].trainable_params / max(estimates[LORA].total_params, 1) * 100
         reason = (f"LoRA fits ({peak['lora']:.1f} of {free}) and trains small adapters ({share:.2g}% of the "
                   "weights): the usual default, close to full fine-tuning in quality.")
-        if fit["full"] == "fits" and not large:
+        if fit[FULL] == "fits" and not large:
             reason += (" Full fine-tuning would fit too; it pays off with large datasets"
                        + (f" (this one has {rows})." if rows else "."))
         reason += _others_than_lora(peak, settings)
-    elif fit["qlora"] == "fits":
-        method = "qlora"
+    elif fit[QLORA] == "fits":
+        method = QLORA
         reason = (f"Memory is tight: LoRA needs {peak['lora']:.1f} GiB and {free}; QLoRA keeps the base model "
                   f"in {settings.quant_bits} bits and needs {peak['qlora']:.1f} GiB, at some cost in quality and "
                   "speed.")
-        if fit["freeze"] == "fits":
+        if fit[FREEZE] == "fits":
             reason += (f" Freeze ({peak['freeze']:.1f} GiB) would fit too but trains only "
                        f"{_blocks(settings)}.")
-    elif fit["freeze"] == "fits":
-        method = "freeze"
+    elif fit[FREEZE] == "fits":
+        method = FREEZE
         reason = (f"Only Freeze fits ({peak['freeze']:.1f} of {free}): LoRA needs {peak['lora']:.1f} GiB and "
                   f"QLoRA {peak['qlora']:.1f} GiB at these settings.")
     else:
@@ -139,8 +142,7 @@ def _nothing_fits(shape: ModelShape, settings: EstimateSettings, peak: dict[str,
     else a method that fits without the margin, else the cheapest."""
     budget = FIT_FRACTION * free_gib
     free = f"{free_gib:.1f} GiB free"
-    order = list(dict.fromkeys((["full"] if large else []) + (["freeze"] if small else []) + ["lora", "qlora",
-                                                                                               "freeze"]))
+    order = list(dict.fromkeys(([FULL] if large else []) + ([FREEZE] if small else []) + [LORA, QLORA, FREEZE]))
     fixes = {m: suggest_fixes(shape, settings.with_(method=m), budget) for m in order}
     for single_only in (True, False):
         for m in order:
@@ -155,7 +157,7 @@ def _nothing_fits(shape: ModelShape, settings: EstimateSettings, peak: dict[str,
         m = min(tight, key=lambda x: peak[x])
         return m, (f"Nothing fits with a {round((1 - FIT_FRACTION) * 100)}% safety margin: {NAMES[m]} needs "
                    f"{peak[m]:.1f} GiB with {free}, so it may run out of memory."), None
-    m = min(("lora", "qlora", "freeze"), key=lambda x: fixes[x][0].peak_gib if fixes[x] else peak[x])
+    m = min((LORA, QLORA, FREEZE), key=lambda x: fixes[x][0].peak_gib if fixes[x] else peak[x])
     best = fixes[m][0] if fixes[m] else None
     reason = f"Nothing fits in {free}: even {NAMES[m]} needs {peak[m]:.1f} GiB"
     if best is not None:
@@ -165,16 +167,16 @@ def _nothing_fits(shape: ModelShape, settings: EstimateSettings, peak: dict[str,
 
 def _better_methods(method: str, large: bool, fit: dict[str, str]) -> list[str]:
     """Methods a user would rather run than `method` here that do not fit yet, best first."""
-    if method == "full":
+    if method == FULL:
         return []
-    wanted = (["full"] if large else []) + ["lora"]
+    wanted = ([FULL] if large else []) + [LORA]
     return [m for m in wanted if m != method and fit[m] != "fits"]
 
 
 def _no_gpu(shape: ModelShape, estimates: dict[str, Estimate], large: bool,
             settings: EstimateSettings) -> Recommendation:
     small_model = shape.total_params <= CPU_MAX_PARAMS
-    method = "full" if large and small_model else "lora"
+    method = FULL if large and small_model else LORA
     peak = {m: e.peak_gib for m, e in estimates.items()}
     params = count_text(shape.total_params)
     if small_model:
@@ -183,14 +185,14 @@ def _no_gpu(shape: ModelShape, estimates: dict[str, Estimate], large: bool,
         if max(peak.values()) - min(peak.values()) <= max(0.1, 0.1 * max(peak.values())):
             # The memory is the same for all four: say what does differ.
             reason += f"All four need about {peak[method]:.1f} GiB, so memory decides nothing: "
-            reason += ("Full updates every weight and this dataset is large enough for it." if method == "full" else
+            reason += ("Full updates every weight and this dataset is large enough for it." if method == FULL else
                        f"LoRA trains {_share(estimates['lora'])} of the weights at close to full quality and saves "
                        "a small adapter; Full pays off only with big datasets.")
         else:
             reason += (f"On a GPU: {_needs(estimates)} GiB; "
                        + (f"{NAMES[method]} would fit a GPU with {_card(peak[method])} GiB." if _card(peak[method])
                           else f"{NAMES[method]} needs more than any single GPU."))
-            if method == "lora":
+            if method == LORA:
                 reason += _others_than_lora(peak, settings)
     else:
         reason = (f"No NVIDIA GPU found, and a {params}-parameter model is too big to train on a CPU (up to about "
@@ -225,10 +227,10 @@ def _blocks(settings: EstimateSettings) -> str:
 def _others_than_lora(peak: dict[str, float], settings: EstimateSettings) -> str:
     """Why LoRA over the cheaper methods, in one sentence: what QLoRA and Freeze save and what they cost."""
     parts = []
-    if peak["qlora"] < 0.9 * peak["lora"]:
+    if peak[QLORA] < 0.9 * peak[LORA]:
         parts.append(f"QLoRA needs less ({peak['qlora']:.1f} GiB) but its {settings.quant_bits}-bit base costs "
                      "some quality and speed")
-    if peak["freeze"] < 0.9 * peak["lora"]:
+    if peak[FREEZE] < 0.9 * peak[LORA]:
         parts.append(f"Freeze ({peak['freeze']:.1f} GiB) trains only {_blocks(settings)} and learns less")
     return (" " + "; ".join(parts) + ".") if parts else ""
 
@@ -250,7 +252,7 @@ def _changes(shape: ModelShape, s: EstimateSettings) -> list[tuple[str, str, dic
                     (f"train.batch_size={b}", f"train.grad_accum={ga}")))
     if s.optim == "adamw":
         out.append(("optim", "8-bit AdamW", {"optim": "adamw8bit"}, ("train.optim=adamw8bit",)))
-    if s.method in ("lora", "qlora"):
+    if methods.get(s.method).adapter:
         attention = tuple(n for n in ("q_proj", "k_proj", "v_proj", "o_proj") if n in shape.linear_names)
         if s.targets() == "all-linear" and len(attention) == 4:
             out.append(("targets", "LoRA on attention only (q, k, v, o)", {"lora_targets": attention},
@@ -259,7 +261,7 @@ def _changes(shape: ModelShape, s: EstimateSettings) -> list[tuple[str, str, dic
         while r > 4:
             r = max(4, r // 2)
             out.append(("rank", f"LoRA rank {r}", {"lora_r": r}, (f"method.lora.r={r}",)))
-    if s.method == "freeze" and abs(s.trainable_layers) > 1:
+    if s.method == FREEZE and abs(s.trainable_layers) > 1:
         n = 1 if s.trainable_layers > 0 else -1
         out.append(("layers", f"only the {'top' if n > 0 else 'bottom'} block trains", {"trainable_layers": n},
                     (f"method.freeze.trainable_layers={n}",)))

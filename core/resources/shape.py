@@ -99,6 +99,21 @@ class ModelShape:
         h = self.hidden_size
         return (h * h, h) if self.is_encoder and not self.final_tensors else ()
 
+    def block_tensors(self) -> list[int]:
+        """Sizes of one transformer block's parameter tensors (linear weights, biases, norm vectors)."""
+        return ([lin.in_features * lin.out_features for lin in self.linears]
+                + [lin.out_features for lin in self.linears if lin.bias] + list(self.block_vectors))
+
+    def new_head(self, task: str, num_labels: int) -> list[int]:
+        """The head a task adds from scratch (it always trains): the classifier, or nothing for a causal LM."""
+        return list(self.classification_head(num_labels)) if task == "classification" else []
+
+    def task_head(self, task: str, num_labels: int) -> list[int]:
+        """Every head tensor of the task's model: pooler and classifier for classification, else the LM head."""
+        if task == "classification":
+            return list(self.classification_pooler()) + self.new_head(task, num_labels)
+        return list(self.head_tensors)
+
 
 # ------------------------------------------------------------------ reading a model's config
 

@@ -5,6 +5,7 @@ import argparse
 import json
 from dataclasses import asdict
 
+from core.methods import DEFAULT as DEFAULT_METHOD
 from core.config import METHODS
 
 
@@ -55,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     targets = args.lora_targets if args.lora_targets == "all-linear" else tuple(
         t.strip() for t in args.lora_targets.split(",") if t.strip())
     settings = EstimateSettings(
-        method=args.method or "lora", trainable_layers=args.trainable_layers, lora_r=args.lora_r,
+        method=args.method or DEFAULT_METHOD.name, trainable_layers=args.trainable_layers, lora_r=args.lora_r,
         lora_targets=targets, quant_bits=args.quant_bits, batch_size=args.batch_size, grad_accum=args.grad_accum,
         seq_len=args.max_length, gradient_checkpointing=args.gradient_checkpointing, precision=args.precision,
         optim=args.optim, gpus=args.gpus, distributed=args.distributed)
