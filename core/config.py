@@ -141,6 +141,9 @@ class TrainSpec:
     """Keep at most this many checkpoints."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where to train: `auto` uses CUDA when available."""
+    distributed: Literal["auto", "ddp", "fsdp"] = "auto"
+    """With several processes (--nproc): ddp keeps a whole replica on each GPU; fsdp shards weights, gradients and
+    optimizer state across the GPUs (CUDA only); auto: DDP when the run fits one GPU, FSDP when it does not."""
 
 
 @dataclass(frozen=True)

@@ -62,6 +62,8 @@ class ModelReady(Event):
     method: str
     device: str
     dtype: str
+    distributed: str | None = None
+    """How the processes share the model: ddp | fsdp; None for one process."""
 
 
 @dataclass(frozen=True)

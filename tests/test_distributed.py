@@ -385,7 +385,30 @@ def test_fsdp_shards_by_transformer_block_and_gathers_full_weights_to_save():
     model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
                                          num_attention_heads=2, num_key_value_heads=2))
     kw = fsdp_arguments(model, gradient_checkpointing=True)
-    assert kw["fsdp"] is True and kw["activation_checkpointing"] is False
+    assert kw["fsdp"] is True
     assert kw["fsdp_config"]["transformer_layer_cls_to_wrap"] == ["LlamaDecoderLayer"]
     assert kw["fsdp_config"]["activation_checkpointing"] is True
     assert kw["fsdp_config"]["state_dict_type"] == "FULL_STATE_DICT"
+
+
+def test_fsdp_on_the_cpu_is_refused_before_any_process_starts(tmp_path):
+    out = tmp_path / "runs"
+    result = _run(_tunetui("train", "presets/demo.yaml", "--nproc", "2", "--output-dir", str(out),
+                           "--set", "train.distributed=fsdp", "--set", "train.device=cpu"), timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "fsdp shards the model across CUDA GPUs" in result.stderr and "train.distributed: ddp" in result.stderr
+    assert "processes (torch.distributed.run)" not in result.stderr  # nothing was launched
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_a_sharded_qlora_base_stores_its_4bit_weights_in_the_compute_dtype():
+    import torch
+
+    from core import methods
+    from core.config import MethodSpec
+
+    spec = MethodSpec(kind="qlora")
+    plain = methods.QLORA.quantization_config(spec, torch.bfloat16, None)
+    sharded = methods.QLORA.quantization_config(spec, torch.bfloat16, None, sharded=True)
+    assert plain.bnb_4bit_quant_storage == torch.uint8
+    assert sharded.bnb_4bit_quant_storage == torch.bfloat16 and sharded.bnb_4bit_compute_dtype == torch.bfloat16

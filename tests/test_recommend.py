@@ -158,4 +158,4 @@ def test_estimate_command_prints_per_gpu_figures_and_the_strategy(tmp_path, caps
                               "--method", "full"])
     assert command.run(args) == 0
     text = capsys.readouterr().out
-    assert "free GPU memory per GPU: 80.0 GiB" in text and "Per GPU, 2 GPUs: Full DDP" in text
+    assert "free GPU memory per GPU: 80.0 GiB" in text and "Figures per GPU over 2 GPUs: Full with DDP" in text

@@ -43,8 +43,9 @@ class Method:
 
     # ------------------------------------------------------------ loading and training
 
-    def quantization_config(self, spec: MethodSpec, compute_dtype, skip_modules):
-        """The transformers quantization config to load the base with; None loads it as it is."""
+    def quantization_config(self, spec: MethodSpec, compute_dtype, skip_modules, *, sharded: bool = False):
+        """The transformers quantization config to load the base with; None loads it as it is. `sharded`: FSDP
+        will shard the base."""
         return None
 
     def prepare(self, model, spec: MethodSpec, task: str, *, gradient_checkpointing: bool = False):

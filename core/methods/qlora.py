@@ -17,14 +17,17 @@ class QLoRA(LoRA):
         q = spec.quant
         return f"QLoRA ({q.bits}-bit {q.type if q.bits == 4 else 'int8'}, {lora_words(spec)})"
 
-    def quantization_config(self, spec, compute_dtype, skip_modules):
+    def quantization_config(self, spec, compute_dtype, skip_modules, *, sharded=False):
         from transformers import BitsAndBytesConfig
 
         q = spec.quant
         if q.bits == 4:
+            # Under FSDP the packed 4-bit weights are stored in the compute dtype, so FSDP can shard them with
+            # the rest (bitsandbytes' documented QLoRA-FSDP setting).
+            storage = {"bnb_4bit_quant_storage": compute_dtype} if sharded else {}
             return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=q.type,
                                       bnb_4bit_use_double_quant=q.double_quant, bnb_4bit_compute_dtype=compute_dtype,
-                                      llm_int8_skip_modules=skip_modules)
+                                      llm_int8_skip_modules=skip_modules, **storage)
         return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip_modules)
 
     def prepare(self, model, spec, task, *, gradient_checkpointing=False):

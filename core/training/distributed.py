@@ -143,7 +143,8 @@ def choose_strategy(requested: str, world_size: int, device: str, fits_one_gpu: 
 def fsdp_arguments(model, gradient_checkpointing: bool) -> dict:
     """TrainingArguments keywords for FSDP full-shard (FSDP2 through accelerate): each transformer block is one
     shard unit, full weights are gathered for saving (final/ loads like any model or adapter), and activation
-    checkpointing is FSDP's own (the Trainer's variant would gather every block's weights once more in backward)."""
+    checkpointing is FSDP's own (the Trainer's variant would gather every block's weights once more in backward,
+    so training_arguments leaves it off)."""
     from core.training.anatomy import find_blocks
 
     blocks = sorted(set(getattr(model, "_no_split_modules", None) or ()))
@@ -154,7 +155,6 @@ def fsdp_arguments(model, gradient_checkpointing: bool) -> dict:
         "fsdp_config": {"version": 2, "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
                         "transformer_layer_cls_to_wrap": blocks, "reshard_after_forward": True,
                         "state_dict_type": "FULL_STATE_DICT", "activation_checkpointing": gradient_checkpointing},
-        "activation_checkpointing": False,
     }
 
 

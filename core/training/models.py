@@ -230,9 +230,11 @@ def check_bitsandbytes(device: str, bits: int = 4) -> None:
 
 def load_model(spec: ModelSpec, method: MethodSpec, task: str, num_labels: int | None = None, device: str = "cpu",
                *, label_names: list[str] | None = None, pad_token_id: int | None = None,
-               model_dir: Path | None = None, quantize: bool | None = None, dtype=None):
+               model_dir: Path | None = None, quantize: bool | None = None, dtype=None, sharded: bool = False):
     """Load the base for `task` ('sft' | 'pretrain' | 'classification'), quantized for qlora.
 
+    `sharded`: FSDP will shard it, so a quantized base stores its packed weights in the compute dtype (FSDP
+    shards tensors of one dtype; bitsandbytes' `bnb_4bit_quant_storage`).
     `quantize=False` loads a qlora run's base unquantized (for merging an adapter into it); `dtype` overrides
     model.dtype (a torch dtype, or "auto" for the checkpoint's own).
     """
@@ -269,7 +271,8 @@ def load_model(spec: ModelSpec, method: MethodSpec, task: str, num_labels: int |
         compute = dtype if dtype is not None and dtype != "auto" else resolve_dtype(q.compute_dtype, device)
         # None: transformers' own choice (it keeps lm_head out); a classifier's new head must stay out too.
         skip = _new_head_skips(auto, config, spec.trust_remote_code) if task == "classification" else None
-        kwargs["quantization_config"] = methods.get(method.kind).quantization_config(method, compute, skip)
+        kwargs["quantization_config"] = methods.get(method.kind).quantization_config(method, compute, skip,
+                                                                                     sharded=sharded)
         kwargs["dtype"] = compute
         kwargs["device_map"] = {"": _placement(device)}  # bnb quantizes while loading onto this device
     else:

@@ -113,6 +113,8 @@ class _Session:
         """The run folder's control channel (pause/resume/stop from a shell or another app)."""
         from core.training.distributed import Group
 
+        self.strategy: str | None = None
+        """ddp | fsdp under several processes (train.distributed, decided at start); None for one."""
         self.group = Group()
         """This process's place under torchrun (one process: world size 1, every collective a no-op)."""
 
@@ -204,6 +206,13 @@ class _Session:
 
         self.group.init(device)  # under torchrun: rank 0's run folder reaches the others through the group
         checkpoint = self._open_run_dir(resume_from)
+        from core.training.distributed import choose_strategy
+
+        self.strategy = choose_strategy(config.train.distributed, self.group.world_size, device,
+                                        fits_one_gpu=getattr(self, "fits_one_gpu", None))
+        if self.strategy is not None:
+            log.info("Strategy: %s over %d processes (train.distributed: %s)", self.strategy.upper(),
+                     self.group.world_size, config.train.distributed)
         log.info("%s", choice.reason)  # after RunStarted: in events.jsonl too
         stopped = False
         try:
@@ -311,6 +320,7 @@ class _Session:
             log.warning("Memory preflight failed: %s", exc)
             return
         self.estimated_peak_gib = result.estimate_gib
+        self.fits_one_gpu = result.fits  # a whole replica on one GPU: train.distributed auto decides from it
         if result.fits is False:
             if self.strict:
                 raise TuneError(f"This run will likely not fit in GPU memory: {result.message}", "--strict",
@@ -361,7 +371,7 @@ class _Session:
                                 else gpu.weight_dtype_name(config.model.dtype, config.method.kind, precision))
         model = load_model(config.model, config.method, prepared.task, len(labels) if labels else None, device,
                            label_names=labels, pad_token_id=tokenizer.pad_token_id, model_dir=model_dir,
-                           dtype=dtype)
+                           dtype=dtype, sharded=self.strategy == "fsdp")
         model, report = apply_method(model, config.method, prepared.task,
                                      gradient_checkpointing=config.train.gradient_checkpointing)
         if precision == "fp16":
@@ -371,7 +381,7 @@ class _Session:
                          "gradients)", upcast)
         self.emit(ModelReady(trainable_params=report.trainable_params, total_params=report.total_params,
                              trainable_modules=report.trainable_modules, method=config.method.kind, device=device,
-                             dtype=str(dtype).removeprefix("torch.")))
+                             dtype=str(dtype).removeprefix("torch."), distributed=self.strategy))
         return prepared, tokenizer, model, model_dir
 
     def _progress(self, phase: str):
@@ -394,8 +404,11 @@ class _Session:
 
         self.precision = precision
         has_val = prepared.val is not None and len(prepared.val) > 0
+        from core.training.distributed import fsdp_arguments
+
+        fsdp = (fsdp_arguments(model, config.train.gradient_checkpointing) if self.strategy == "fsdp" else None)
         args = training_arguments(config, self.run_dir, device, precision, has_val=has_val,
-                                  distributed=self.group.active)
+                                  distributed=self.group.active, fsdp=fsdp)
         if device.startswith("cuda"):
             log_device()
         if checkpoint:

@@ -50,9 +50,10 @@ def log_device() -> None:
 
 
 def training_arguments(config: RunConfig, run_dir: Path, device: str, precision: str, *, has_val: bool,
-                       distributed: bool = False):
+                       distributed: bool = False, fsdp: dict | None = None):
     """The TrainingArguments for a run: the Trainer does accumulation, precision, schedule, checkpoints, and (under
-    torchrun, `distributed`) DDP over the process group."""
+    torchrun, `distributed`) DDP over the process group, or FSDP where `fsdp` holds its arguments
+    (core.training.distributed.fsdp_arguments)."""
     from transformers import TrainingArguments
 
     from core.training.distributed import DDP_TIMEOUT_SECONDS
@@ -71,8 +72,9 @@ def training_arguments(config: RunConfig, run_dir: Path, device: str, precision:
             optim=("adamw_torch_fused" if device.startswith("cuda") else "adamw_torch")
             if t.optim == "adamw" else OPTIMIZERS[t.optim],
             bf16=precision == "bf16", fp16=precision == "fp16", use_cpu=device == "cpu",
-            activation_checkpointing=t.gradient_checkpointing,
-            activation_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
+            activation_checkpointing=t.gradient_checkpointing and not fsdp,
+            activation_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing and not fsdp else None,
+            **(fsdp or {}),
             logging_strategy="steps", logging_steps=t.logging_steps,
             # The filter logs a NaN loss as the running mean (a dead run reads "loss 0.0"); GuardedTrainer stops it.
             logging_nan_inf_filter=False,

@@ -155,8 +155,8 @@ def _print(shape, settings, rec, methods, free, where) -> None:
                       f"{e.overhead_gib:.1f}", count_text(e.trainable_params).replace(" ", ""))
     console.print(table)
     if settings.gpus > 1:
-        ways = ", ".join(f"{NAMES[m]} {rec.estimates[m].strategy.upper()}" for m in methods)
-        console.print(f"[bold]Per GPU, {settings.gpus} GPUs:[/] {ways}")
+        ways = ", ".join(f"{NAMES[m]} with {rec.estimates[m].strategy.upper()}" for m in methods)
+        console.print(f"[bold]Figures per GPU over {settings.gpus} GPUs:[/] {ways}")
     console.print("[dim]GiB; weights: the model on the GPU; grad+opt: gradients and optimizer state; other: CUDA "
                   "context and allocator slack" + (", FSDP's gathered unit and DDP's gradient buckets"
                                                    if settings.gpus > 1 else "") + ". * recommended[/]")

@@ -83,6 +83,33 @@ def _processes(args) -> tuple[int | None, list[str] | None]:
     return nproc, gpus
 
 
+def _check_strategy(config, nproc: int) -> None:
+    """Settings that cannot combine with `nproc` processes are refused before any process starts."""
+    from core import methods
+    from core.training.distributed import choose_strategy
+
+    cuda = config.train.device != "cpu" and _cuda_visible()
+    strategy = choose_strategy(config.train.distributed, nproc, "cuda" if cuda else "cpu")
+    method = methods.get(config.method.kind)
+    if strategy == "fsdp" and method.quantized and config.method.quant.bits != 4:
+        raise TuneError("train.distributed: fsdp shards 4-bit QLoRA bases only; bitsandbytes' 8-bit (LLM.int8) "
+                        "weights cannot be sharded", "train.distributed",
+                        "Use method.quant.bits: 4, or train.distributed: ddp")
+
+
+def _cuda_visible() -> bool:
+    """A CUDA GPU this process would see (NVML, without importing torch)."""
+    from core.resources.gpus import SystemSampler
+
+    sampler = SystemSampler()
+    try:
+        return bool(sampler.sample().run_gpus())
+    except Exception:  # noqa: BLE001 - no driver, no NVML: the CPU
+        return False
+    finally:
+        sampler.close()
+
+
 def _launch(args, config, nproc: int, gpus: list[str] | None) -> int:
     """Make the run folder here, then start the group (core.launch); every rank trains in it."""
     from core import config as cfg
@@ -91,6 +118,7 @@ def _launch(args, config, nproc: int, gpus: list[str] | None) -> int:
     from core.terminal import safe_print
 
     cfg.validate(config)  # a bad config fails here, once, not in every rank
+    _check_strategy(config, nproc)
     if args.resume:
         run_dir = Path(args.resume).expanduser().resolve()
         rundir.load_run_config(run_dir)
