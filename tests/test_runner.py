@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 import time
 
 import pytest
@@ -400,3 +401,33 @@ def test_checkpointed_backward_recomputes_only_blocks_that_need_gradients(kind, 
     assert outcome.status == "finished", outcome.event
     per_step = {i: n / 3 for i, n in sorted(calls.items())}
     assert per_step == ({0: 1, 1: 1, 2: 1, 3: 2} if kind == "freeze" else {0: 2, 1: 2, 2: 2, 3: 2}), per_step
+
+
+def test_a_bad_data_file_fails_before_the_engine_imports(tmp_path, demo_model_dir):
+    """A bad row is reported before the engine's imports (peft and the Trainer take seconds on a small machine);
+    a good file goes on to train."""
+    import json
+    import subprocess
+    import sys
+
+    rows = [{"instruction": f"q{i}", "input": "", "output": f"a{i}"} for i in range(20)]
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(rows[:5] + [{"instruction": "q", "input": "", "output": 7}] + rows[5:]))
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(rows))
+    script = (
+        "import sys\n"
+        "from core import config as cfg\n"
+        "from core.training.runner import run\n"
+        "c = cfg.from_dict({'method': {'kind': sys.argv[2]}, 'data': {'path': sys.argv[1], 'val_size': 0},\n"
+        "    'train': {'max_steps': 1, 'batch_size': 2}, 'output': {'dir': sys.argv[3]}})\n"
+        "outcome = run(c, lambda e: None)\n"
+        "print(outcome.status, 'peft' in sys.modules, 'transformers.trainer' in sys.modules)\n")
+
+    def check(path, kind):
+        result = subprocess.run([sys.executable, "-c", script, str(path), kind, str(tmp_path / "runs")],
+                                capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
+        return result.stdout.split()[-3:]
+
+    assert check(bad, "lora") == ["failed", "False", "False"]
+    assert check(good, "lora") == ["finished", "True", "True"]

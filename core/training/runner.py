@@ -62,8 +62,9 @@ _engine_imported = False
 
 
 def import_engine() -> None:
-    """Import what every run needs (torch, datasets, transformers' Trainer and auto classes, peft), then freeze the
-    garbage collector's view of the objects that exist now (`gc.freeze`).
+    """Import what every run needs (torch, datasets, transformers' Trainer and auto classes, peft: the Trainer
+    imports it whenever it is installed), then freeze the garbage collector's view of the objects that exist now
+    (`gc.freeze`).
 
     The imports take seconds, so the app calls this in the background after its first frame. The freeze matters as
     much: these imports leave about half a million objects, and each full collection walked all of them, holding
@@ -330,20 +331,18 @@ class _Session:
             log.info("Memory preflight: %s", result.message)
 
     def _prepare(self, config: RunConfig, device: str):
-        from transformers import set_seed
-
         from core.training import gpu
         from core.methods import apply as apply_method
         from core.training.encode import tokenize
         from core.training.models import load_model, load_tokenizer, resolve_model_dir
         from core.training.rawdata import load_raw
 
-        if not _engine_imported:
-            self.emit(PhaseChanged(phase="preparing_data", message="importing torch, datasets and transformers"))
-            import_engine()
-        # Data first: it is cheap and a bad file should fail before minutes of model loading.
+        # Data first: it is cheap, and a bad file should fail before seconds of imports and minutes of model loading.
         self.emit(PhaseChanged(phase="preparing_data", message=f"reading {config.data.path}"))
         raw = load_raw(config.data, seed=config.train.seed)
+        if not _engine_imported:
+            self.emit(PhaseChanged(phase="preparing_data", message="importing torch, peft and transformers"))
+            import_engine()
 
         self.emit(PhaseChanged(phase="loading_model", message=f"resolving {config.model.name_or_path}"))
         model_dir = resolve_model_dir(config.model)
@@ -359,6 +358,8 @@ class _Session:
                             token_stats=dict(prepared.stats or {})))
 
         self.emit(PhaseChanged(phase="loading_model", message=f"loading {config.model.name_or_path}"))
+        from transformers import set_seed
+
         set_seed(config.train.seed)  # LoRA and new heads are initialised from the run's seed
         labels = list(prepared.label_names or []) if prepared.task == "classification" else None
         # Beside config.yaml (rank 0 writes the folder), so a checkpoint of a run that never reached final/ can still
