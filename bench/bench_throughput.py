@@ -7,6 +7,8 @@ Both train packed text blocks (every sequence is exactly data.max_length tokens)
 favour either side. Timed: steps WARMUP+1 .. WARMUP+STEPS of each run, wall clock, one torch thread.
 
     .venv/bin/python bench/bench_throughput.py [--methods full,freeze,lora,qlora] [--rounds 3] [--steps 20]
+
+Then (unless --no-padding) real tokens/s of SFT on the alpaca demo at max length 1024, padded vs padding-free.
 """
 from __future__ import annotations
 
@@ -108,6 +110,36 @@ def text_file(folder: Path) -> Path:
     return path
 
 
+def padding_table(args, tmp: Path) -> None:
+    """Real (non-padding) tokens/s of LoRA SFT on the alpaca demo at max length --padding-seq, batches padded to
+    their longest example vs padding-free (concatenated), alternated; and the padding share of the padded runs."""
+    from core import config as cfg
+    from core.training.encode import padding_share, token_lengths, tokenize
+    from core.training.models import load_tokenizer
+    from core.training.rawdata import load_raw
+
+    def sft_config(padding_free: bool):
+        return cfg.from_dict({
+            "model": {"name_or_path": "demo:tiny-llama"}, "method": {"kind": "lora"},
+            "data": {"path": "demo:alpaca_en", "max_length": args.padding_seq, "padding_free": padding_free},
+            "train": {"max_steps": WARMUP + args.steps, "batch_size": args.batch, "lr": 1e-4, "warmup_ratio": 0.0,
+                      "scheduler": "constant", "save_steps": 10_000, "seed": 0},
+            "output": {"dir": str(tmp / "sft-runs")}})
+
+    config = sft_config(False)
+    prepared = tokenize(load_raw(config.data, seed=0), load_tokenizer(config.model), config.data)
+    share = padding_share(token_lengths(prepared.train), args.batch, 0)
+    runs: dict[bool, list[float]] = {False: [], True: []}
+    for _ in range(args.rounds):
+        for free in (False, True):
+            runs[free].append(engine_tokens_per_second(sft_config(free)))
+    padded, flat = statistics.median(runs[False]), statistics.median(runs[True])
+    print(f"\nSFT, LoRA, alpaca demo at max length {args.padding_seq}, batch {args.batch}: padding is "
+          f"{100 * share:.0f}% of the tokens of padded batches", flush=True)
+    print(f"  real tokens/s padded {padded:,.0f} ({', '.join(f'{x:,.0f}' for x in runs[False])}); padding-free "
+          f"{flat:,.0f} ({', '.join(f'{x:,.0f}' for x in runs[True])}); ratio {flat / padded:.2f}", flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", default="full,freeze,lora,qlora")
@@ -115,6 +147,8 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=20, help="timed steps per run (after warm-up)")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq", type=int, default=128)
+    parser.add_argument("--padding-seq", type=int, default=1024, help="max length of the padding comparison")
+    parser.add_argument("--no-padding", action="store_true", help="skip the padding-free comparison")
     args = parser.parse_args()
 
     import torch
@@ -139,6 +173,8 @@ def main() -> int:
                   f"{b:12,.0f} ({min(bare):,.0f}-{max(bare):,.0f}){'':8} {e / b:7.3f}", flush=True)
             print(f"         engine runs: {', '.join(f'{x:,.0f}' for x in engine)}; "
                   f"bare runs: {', '.join(f'{x:,.0f}' for x in bare)}", flush=True)
+        if not args.no_padding:
+            padding_table(args, tmp)
     return 0
 
 

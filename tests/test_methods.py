@@ -136,3 +136,29 @@ def test_every_method_is_defined_once_and_the_config_accepts_exactly_those():
         methods.get("dora")
     assert [m.name for m in methods.ALL if m.adapter] == ["lora", "qlora"]
     assert [m.name for m in methods.ALL if m.quantized] == ["qlora"]
+
+
+def test_a_padding_free_batch_gives_each_example_exactly_its_padded_logits(demo_model_dir):
+    """Flattened examples never attend to each other: every real token's logits equal the padded batch's."""
+    import torch
+
+    from core.training.encode import PreparedData, can_flatten
+    from core.training.models import load_tokenizer, resolve_model_dir
+
+    assert can_flatten(resolve_model_dir(ModelSpec()))
+    model = load_model(ModelSpec(), MethodSpec(kind="full"), "sft", device="cpu").train()  # as the Trainer calls it
+    tokenizer = load_tokenizer(ModelSpec())
+    examples = [{"input_ids": ids, "attention_mask": [1] * len(ids), "labels": ids}
+                for ids in ([5, 17, 30, 41, 8, 9, 60], [7, 7, 12], [99, 3, 4, 5, 6])]
+    prepared = PreparedData(format="alpaca", task="sft", train=None, val=None, label_names=None, stats={})
+    padded = prepared.collator(tokenizer)(examples)
+    flat = prepared.collator(tokenizer, padding_free=True)(examples)
+    assert flat["input_ids"].shape == (1, 15) and "attention_mask" not in flat
+    with torch.no_grad():
+        padded_logits = model(input_ids=padded["input_ids"], attention_mask=padded["attention_mask"]).logits
+        flat_logits = model(**{k: v for k, v in flat.items() if k != "labels"}).logits[0]  # as the Trainer calls it
+    start = 0
+    for row, example in enumerate(examples):
+        n = len(example["input_ids"])
+        torch.testing.assert_close(flat_logits[start:start + n], padded_logits[row, :n], atol=1e-5, rtol=1e-4)
+        start += n

@@ -44,9 +44,14 @@ class PreparedData:
     stats: dict
     """examples, min, median, p95, max (token lengths before truncation), truncated, dropped; text adds blocks."""
 
-    def collator(self, tokenizer) -> Callable:
-        """Pads a batch: input_ids with the pad token, attention_mask with 0, causal labels with -100."""
+    def collator(self, tokenizer, padding_free: bool = False) -> Callable:
+        """Pads a batch: input_ids with the pad token, attention_mask with 0, causal labels with -100. With
+        `padding_free` (causal examples only; see can_flatten), concatenates it into one row instead:
+        transformers' DataCollatorWithFlattening, position ids restarting at each example."""
         from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding
+
+        if padding_free and self.task != "classification":
+            return _flattening_collator()
 
         if tokenizer.pad_token_id is None:
             # Padded positions are masked out of attention and loss, so reusing EOS as padding is harmless.
@@ -59,6 +64,61 @@ class PreparedData:
         if self.task == "classification":
             return DataCollatorWithPadding(tokenizer)
         return DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE_INDEX, padding=True)
+
+
+def _flattening_collator():
+    from transformers import DataCollatorWithFlattening
+
+    class FlatteningCollator(DataCollatorWithFlattening):
+        """transformers' padding-free collator, plus `use_cache: False` in every batch: masking_utils only reads
+        restarting position ids as separate examples when the forward has no KV cache, and a model whose config
+        says use_cache: true would make one (and let the examples attend to each other)."""
+
+        def __call__(self, features, return_tensors=None, separator_id=None):
+            batch = super().__call__(features, return_tensors, separator_id)
+            batch["use_cache"] = False
+            return batch
+
+    return FlatteningCollator(return_position_ids=True, separator_id=IGNORE_INDEX)
+
+
+def can_flatten(model_dir, trust_remote_code: bool = False) -> bool:
+    """Whether the model in `model_dir` keeps the examples of a flattened batch apart. transformers' own causal
+    LMs build their attention mask with masking_utils, which reads restarting position ids as separate sequences (a
+    block-diagonal causal mask, for SDPA and eager attention too); code shipped with a model may not."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    try:
+        config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError):
+        return False
+    native = not getattr(config, "auto_map", None)
+    return native and config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and not config.is_encoder_decoder
+
+
+def token_lengths(dataset) -> list[int]:
+    """Tokens per example of a tokenized dataset (its input_ids lists), read from the Arrow offsets."""
+    import pyarrow.compute as pc
+
+    column = dataset.with_format("arrow")[:].column("input_ids")
+    return pc.list_value_length(column).to_pylist()
+
+
+def padding_share(lengths, batch_size: int, seed: int = 0) -> float:
+    """The share of a padded run's tokens that would be padding: random batches of `batch_size`, each padded to
+    its longest example (what DataCollatorForSeq2Seq does). 0 for an empty set."""
+    import numpy as np
+
+    lengths = np.random.default_rng(seed).permutation(np.asarray(lengths, dtype=np.int64))
+    if len(lengths) == 0:
+        return 0.0
+    pad = len(lengths) % batch_size
+    if pad:
+        lengths = np.concatenate([lengths, np.zeros(batch_size - pad, dtype=np.int64)])
+    batches = lengths.reshape(-1, batch_size)
+    padded = int((batches.max(axis=1) * (batches > 0).sum(axis=1)).sum())
+    return 1.0 - int(lengths.sum()) / padded if padded else 0.0
 
 
 class Encoder:

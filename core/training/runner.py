@@ -114,6 +114,8 @@ class _Session:
         """The run folder's control channel (pause/resume/stop from a shell or another app)."""
         from core.training.distributed import Group
 
+        self.padding_free = False
+        """Batches are concatenated without padding (data.padding_free, where the model supports it)."""
         self.strategy: str | None = None
         """ddp | fsdp under several processes (train.distributed, decided at start); None for one."""
         self.group = Group()
@@ -333,7 +335,7 @@ class _Session:
     def _prepare(self, config: RunConfig, device: str):
         from core.training import gpu
         from core.methods import apply as apply_method
-        from core.training.encode import tokenize
+        from core.training.encode import can_flatten, padding_share, token_lengths, tokenize
         from core.training.models import load_model, load_tokenizer, resolve_model_dir
         from core.training.rawdata import load_raw
 
@@ -354,8 +356,18 @@ class _Session:
         self.emit(PhaseChanged(phase="preparing_data", done=0, message="tokenizing"))
         prepared = tokenize(raw, tokenizer, config.data, progress=self._progress("preparing_data"))
         n_val = len(prepared.val) if prepared.val is not None else 0
+        # Plain text is packed into full blocks already; classification pads to the longest of a batch.
+        self.padding_free = (config.data.padding_free and prepared.task != "classification"
+                             and prepared.format != "text" and can_flatten(model_dir, config.model.trust_remote_code))
+        token_stats = dict(prepared.stats or {})
+        if prepared.format != "text":
+            padded = padding_share(token_lengths(prepared.train), config.train.batch_size, config.train.seed)
+            token_stats["padding"] = 0.0 if self.padding_free else round(100 * padded, 1)
+            if self.padding_free:
+                log.info("Padding-free batches: examples are concatenated (padding would have been %.0f%% of the "
+                         "tokens at batch size %d)", 100 * padded, config.train.batch_size)
         self.emit(DataReady(format=prepared.format, train_examples=len(prepared.train), val_examples=n_val,
-                            token_stats=dict(prepared.stats or {})))
+                            token_stats=token_stats))
 
         self.emit(PhaseChanged(phase="loading_model", message=f"loading {config.model.name_or_path}"))
         from transformers import set_seed
@@ -419,7 +431,7 @@ class _Session:
         trainer = GuardedTrainer(
             check_grad_norm=precision != "fp16", model=model, args=args, train_dataset=prepared.train,
             eval_dataset=prepared.val if has_val else None,
-            data_collator=prepared.collator(tokenizer), processing_class=tokenizer,
+            data_collator=prepared.collator(tokenizer, padding_free=self.padding_free), processing_class=tokenizer,
             callbacks=[self.callback, BackwardFromTrainable()],
             compute_metrics=accuracy if prepared.task == "classification" else None,
         )
