@@ -67,9 +67,10 @@ def screen_ready(app) -> bool:
     if name == "ModelScreen":
         return screen.shown is not None and screen.shown in screen.infos and screen.scanned
     if name == "MethodScreen":
-        return screen.recommendation is not None or screen.shape_error is not None
+        facts = app.draft.facts()
+        return facts.recommendation is not None or facts.shape_error is not None
     if name == "DataScreen":
-        return screen.shown_key is not None and screen.shown_key == screen.previewed_key
+        return screen.shown is not None and screen.shown.key == screen.wanted
     return True
 
 

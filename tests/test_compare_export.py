@@ -266,7 +266,7 @@ async def test_merge_and_save_from_the_runs_screen_writes_a_loadable_model(tmp_p
     def status() -> str:
         return str(app.screen.query_one("#export-status", Static).render())
 
-    from tui.widgets.export_dialog import ExportProgress
+    from tui.messages import ExportProgress
 
     progress: list[str] = []
 

@@ -103,9 +103,14 @@ def fixed_advice(shape, settings, free_gib, dataset_rows):
 @pytest.mark.parametrize("sampler", SAMPLERS)
 def test_monitor_screen(snap_compare, tmp_path, monkeypatch, sampler, size):
     import core.resources.recommend
-    import core.resources.shape
+    import tui.draft
+    from core.resources.shape import shape_from_config
 
-    monkeypatch.setattr(core.resources.shape, "load_shape", lambda name: None)
+    # An 8B shape without the hub (the figures shown are fixed_advice's).
+    shape = shape_from_config({"model_type": "llama", "hidden_size": 4096, "intermediate_size": 14336,
+                               "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+                               "vocab_size": 128256}, "meta-llama/Llama-3.1-8B-Instruct")
+    monkeypatch.setattr(tui.draft, "load_model_shape", lambda name, trust_remote_code: shape)
     monkeypatch.setattr(core.resources.recommend, "recommend", fixed_advice)
     model = cfg.ModelSpec(name_or_path="meta-llama/Llama-3.1-8B-Instruct")
     app = build(tmp_path, sampler, "monitor", cfg.RunConfig(model=model, data=cfg.DataSpec(path="demo:alpaca_en")))

@@ -104,9 +104,11 @@ async def test_method_estimates_follow_a_model_changed_while_it_was_hidden(tmp_p
 
         async def lora_on_method() -> float:
             app.show("method")
-            await wait_for(pilot, lambda: app.screen.estimates.get("lora") is not None
-                           and app.screen.shape_for == app.config.model.name_or_path, what="the estimates")
-            return app.screen.estimates["lora"].peak_gib
+            await wait_for(pilot, lambda: app.draft.facts().estimates.get("lora") is not None, what="the estimates")
+            peak = app.draft.facts().estimates["lora"].peak_gib
+            # The facts are the draft's, ready at once: the cards must show them (a redraw on coming back).
+            await wait_for(pilot, lambda: f"{peak:.1f} GiB peak" in screen_text(app), what="the cards redrawn")
+            return peak
 
         await pick(big)
         big_peak = await lora_on_method()

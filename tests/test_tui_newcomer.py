@@ -79,19 +79,19 @@ async def test_plan_for_moves_the_recommendation_not_the_config(tmp_path):
     async with app.run_test(size=(120, 40)) as pilot:
         await settle(pilot)
         screen = app.screen
-        assert screen.recommendation.no_gpu and "CPU: too big" in screen_text(app)
+        assert app.draft.facts().recommendation.no_gpu and "CPU: too big" in screen_text(app)
         draft = app.config
 
         plan = screen.query_one("#plan-gib")
         plan.value = "80"
-        await wait_for(pilot, lambda: not screen.recommendation.no_gpu, what="the plan for 80 GiB")
-        big = screen.recommendation
+        await wait_for(pilot, lambda: not app.draft.facts().recommendation.no_gpu, what="the plan for 80 GiB")
+        big = app.draft.facts().recommendation
         assert big.free_gib == 80 and big.fit["lora"] == "fits"
         assert "Recommended for a 80 GiB GPU" in flat(app) and "CPU:" not in screen_text(app)
 
         plan.value = "8"
-        await wait_for(pilot, lambda: screen.recommendation.free_gib == 8, what="the plan for 8 GiB")
-        small = screen.recommendation
+        await wait_for(pilot, lambda: app.draft.facts().recommendation.free_gib == 8, what="the plan for 8 GiB")
+        small = app.draft.facts().recommendation
         assert small.fit["lora"] != "fits" and small.method != big.method
         assert "won't fit" in screen_text(app)
 
@@ -99,7 +99,7 @@ async def test_plan_for_moves_the_recommendation_not_the_config(tmp_path):
         await wait_for(pilot, lambda: "is not a memory size" in flat(app), what="the plan error")
         assert app.plan_vram_gib == 8  # the last good plan stays
         plan.value = ""
-        await wait_for(pilot, lambda: screen.recommendation.no_gpu, what="back to this machine")
+        await wait_for(pilot, lambda: app.draft.facts().recommendation.no_gpu, what="back to this machine")
         assert "is not a memory size" not in flat(app)
         assert app.config is draft  # planning never touches the run
 
@@ -163,8 +163,8 @@ async def test_a_val_split_too_big_for_the_new_data_is_flagged_with_a_value_that
         path.focus()
         path.value = "small.json"
         await pilot.press("enter")
-        await wait_for(pilot, lambda: screen.previewed is not None and screen.previewed.rows == 20,
-                       what="the small file's preview")
+        await wait_for(pilot, lambda: screen.shown is not None and screen.shown.preview is not None
+                       and screen.shown.preview.rows == 20, what="the small file's preview")
         await pilot.pause()
         text = flat(app)
         assert "takes 16 of 20 rows and leaves only 4 to train" in text and "Try 2 (10%)" in text
@@ -298,7 +298,7 @@ async def test_review_repeats_the_val_split_warning():
         screen = app.screen
         screen.query_one("#data-path").value = "small.json"
         await pilot.press("slash", "enter")
-        await wait_for(pilot, lambda: app.dataset_rows == 20, what="the small file's rows")
+        await wait_for(pilot, lambda: app.draft.facts().rows == 20, what="the small file's rows")
         await pilot.press("escape", "4")
         await wait_for(pilot, lambda: app.current_mode == "review", what="Review")
         await pilot.pause()

@@ -137,7 +137,7 @@ async def test_a_typed_model_folder_shows_its_problems_and_what_fits_on_24_gib(t
 
         await pilot.press("2")
         await settle(pilot)
-        rec = app.screen.recommendation
+        rec = app.draft.facts().recommendation
         assert set(rec.fit.values()) == {"no"}
         text = " ".join(screen_text(app).split())
         assert text.count("won't fit") == 4 and "Nothing fits in 22.0 GiB free" in text
@@ -145,7 +145,7 @@ async def test_a_typed_model_folder_shows_its_problems_and_what_fits_on_24_gib(t
 
         app.screen.query_one("#mem-gc").value = True
         await wait_for(pilot, lambda: app.config.train.gradient_checkpointing, what="gradient checkpointing")
-        rec = app.screen.recommendation
+        rec = app.draft.facts().recommendation
         assert rec.fit["full"] == "no" and rec.fit["qlora"] == "fits" and rec.fit[rec.method] == "fits"
         card = lambda method: app.screen.query_one(f"#card-{method}").render().plain  # noqa: E731
         assert "won't fit" in card("full") and "fits" in card("qlora") and "won't" not in card("qlora")
@@ -163,12 +163,12 @@ async def test_method_settings_validate_and_move_the_estimate_at_once(tmp_path):
     async with app.run_test(size=(120, 40)) as pilot:
         await settle(pilot)
         screen = app.screen
-        before = screen.estimates["lora"].peak_gib
+        before = app.draft.facts().estimates["lora"].peak_gib
         assert f"{before:.1f} GiB peak" in screen_text(app)
 
         screen.query_one("#lora-r").value = "256"
         await wait_for(pilot, lambda: app.config.method.lora.r == 256, what="rank 256")
-        after = screen.estimates["lora"].peak_gib
+        after = app.draft.facts().estimates["lora"].peak_gib
         assert after > before and f"{after:.1f} GiB peak" in screen_text(app)
 
         screen.query_one("#lora-r").value = "0"
@@ -185,10 +185,10 @@ async def test_method_settings_validate_and_move_the_estimate_at_once(tmp_path):
         screen.query_one("#method-cards").focus()
         await pilot.press("right")  # LoRA -> QLoRA
         await wait_for(pilot, lambda: app.config.method.kind == "qlora", what="QLoRA")
-        four_bit = screen.estimates["qlora"].peak_gib
+        four_bit = app.draft.facts().estimates["qlora"].peak_gib
         screen.query_one("#quant-bits").value = 8
         await wait_for(pilot, lambda: app.config.method.quant.bits == 8, what="8-bit")
-        assert screen.estimates["qlora"].peak_gib > four_bit
+        assert app.draft.facts().estimates["qlora"].peak_gib > four_bit
         assert screen.query_one("#group-quant").display and not screen.query_one("#group-freeze").display
 
 
@@ -198,7 +198,7 @@ async def test_without_a_gpu_the_method_screen_says_so():
         await settle(pilot)
         text = screen_text(app)
         assert "no GPU" in text and "CPU: ok" in text and "No NVIDIA GPU found" in " ".join(text.split())
-        assert app.screen.recommendation.no_gpu
+        assert app.draft.facts().recommendation.no_gpu
 
 
 # ------------------------------------------------------------------ Review
@@ -259,20 +259,21 @@ async def test_data_preview_detects_the_format_and_counts_what_max_length_cuts()
     async with app.run_test(size=(120, 40)) as pilot:
         await settle(pilot)
         screen = app.screen
-        assert screen.previewed.format == "alpaca"
+        preview = screen.shown.preview
+        assert preview.format == "alpaca"
         text = screen_text(app)
         assert "detected: alpaca" in text and "999 rows" in text
         assert "<|im_start|>assistant" in text  # the examples as the model sees them (ChatML template)
         # trained-on tokens are the responses, ending with EOS (unless max_length cut them)
-        assert [seg[1] for seg in screen.previewed.examples[1]] == [False, True, False]
-        assert screen.previewed.examples[1][1][0].endswith("<|im_end|>")
+        assert [seg[1] for seg in preview.examples[1]] == [False, True, False]
+        assert preview.examples[1][1][0].endswith("<|im_end|>")
 
         async def preview_at(max_length: int) -> dict:
             screen.query_one("#data-max-length").value = str(max_length)
             await wait_for(pilot, lambda: screen_ready_preview(screen, max_length),
                            what=f"the preview at max_length {max_length}")
             await pilot.pause()  # let it paint
-            stats = screen.previewed.stats
+            stats = screen.shown.preview.stats
             shown = str(screen.query_one("#data-stats").render())
             assert f"max_length {max_length} truncates {stats['truncated']}, drops {stats['dropped']}" in shown
             return stats
@@ -288,8 +289,7 @@ async def test_data_preview_detects_the_format_and_counts_what_max_length_cuts()
 
 
 def screen_ready_preview(screen, max_length: int) -> bool:
-    return screen.shown_key is not None and screen.shown_key == screen.previewed_key and \
-        screen.previewed_key[3] == max_length
+    return screen.shown is not None and screen.shown.key == screen.wanted and screen.wanted[3] == max_length
 
 
 async def test_data_file_picker_and_a_missing_file():
@@ -301,9 +301,9 @@ async def test_data_file_picker_and_a_missing_file():
         path.focus()
         path.value = "nope.json"
         await pilot.press("enter")
-        await wait_for(pilot, lambda: screen.preview_error is not None and screen.shown_key[1] == "nope.json",
-                       what="the missing-file error")
-        assert "nope.json does not exist" in screen.preview_error
+        await wait_for(pilot, lambda: screen.shown is not None and screen.shown.error is not None
+                       and screen.shown.key[1] == "nope.json", what="the missing-file error")
+        assert "nope.json does not exist" in screen.shown.error
         # Shown where the preview goes. Asked of the widget, not of the screen: where the sentence wraps depends on
         # the length of the absolute path in it (pytest's temp folder), and a wrapped line carries border glyphs.
         examples = screen.query_one("#data-examples")
@@ -314,8 +314,8 @@ async def test_data_file_picker_and_a_missing_file():
         tree.focus()
         await pilot.press("down", "enter")  # the tree's first entry: the data file in the working folder
         await wait_for(pilot, lambda: app.config.data.path == "alpaca_en_demo.json", what="the picked file")
-        await wait_for(pilot, lambda: screen.previewed is not None and screen.shown_key[1] ==
-                       "alpaca_en_demo.json", what="the picked file's preview")
+        await wait_for(pilot, lambda: screen.shown is not None and screen.shown.preview is not None
+                       and screen.shown.key[1] == "alpaca_en_demo.json", what="the picked file's preview")
         assert "detected: alpaca" in screen_text(app)
 
 

@@ -1,6 +1,6 @@
 """The tunetui App: navigation between screens, the draft RunConfig, the GPU poll and the training session.
 
-How screens hear from the App (for the run / monitor / runs screens too):
+How screens hear from the App (the messages are in tui.messages):
 
 - `SnapshotTaken(snapshot)`: a thread worker samples `app.sampler` every POLL_SECONDS (the first right after the
   first frame) and posts it to the App, which stores it in `app.snapshot` and forwards a fresh `SnapshotTaken` to
@@ -8,7 +8,10 @@ How screens hear from the App (for the run / monitor / runs screens too):
   `on_screen_resume`.
 - `ConfigChanged(config)`: `app.set_config()` stores the new draft and posts one to every screen that exists, so a
   hidden screen is current when it is shown again.
-- Engine events arrive as `tui.session.EngineEvent` (posted to the App by the training thread) and are folded by
+- `FactsChanged()`: `app.draft` (tui.draft) derives what the screens show about the draft (the model's shape, the
+  data's rows and split, the estimates and the recommendation); it posts one to the active screen when a slow
+  input arrives from its workers.
+- Engine events arrive as `EngineEvent` (posted to the App by the training thread) and are folded by
   `app.session.handle`; screens redraw from `app.session.state` on their own timer.
 
 Screens are Textual modes (one stack each, created on first visit, kept afterwards), so each keeps its state when
@@ -25,15 +28,21 @@ import threading
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from types import FrameType
+from typing import TYPE_CHECKING, Callable, Iterable
 
 from textual.app import App, ScreenStackError, SystemCommand
 from textual.binding import Binding
-from textual.message import Message
 from textual.screen import Screen
+from textual.timer import Timer
 
 from core.config import DataSpec, LoraSpec, MethodSpec, OutputSpec, RunConfig, TrainSpec, load
 from core.errors import TuneError
+from tui.draft import Draft
+from tui.messages import ConfigChanged, DataRead, EngineEvent, HungUp, ShapeRead, SnapshotTaken
+
+if TYPE_CHECKING:
+    from core.resources.gpus import Sampler, Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -59,26 +68,6 @@ SCREENS: dict[str, tuple[str, str, str]] = {
 }
 SETUP_ORDER = ("model", "method", "data", "review")
 """Where Enter leads on the set-up screens."""
-
-
-class ConfigChanged(Message, bubble=False):
-    """The draft config changed (posted to every existing screen by `TuneApp.set_config`)."""
-
-    def __init__(self, config: RunConfig) -> None:
-        super().__init__()
-        self.config = config
-
-
-class HungUp(Message, bubble=False):
-    """SIGHUP arrived (posted by the signal handler so the App reacts on its own loop)."""
-
-
-class SnapshotTaken(Message, bubble=False):
-    """A fresh GPU/host sample (core.resources.gpus.Snapshot)."""
-
-    def __init__(self, snapshot: Any) -> None:
-        super().__init__()
-        self.snapshot = snapshot
 
 
 def default_config(output_dir: str | None = None) -> RunConfig:
@@ -122,9 +111,9 @@ class TuneApp(App):
     MODES = {name: _screen_factory(name) for name in SCREENS}
     BINDINGS = [*_screen_bindings(), Binding("ctrl+q", "quit", "Quit", priority=True)]
 
-    def __init__(self, config: RunConfig | None = None, *, sampler: Any = None, output_dir: str | None = None,
-                 models_dir: str | None = None, start_screen: str | None = None, config_path: str | None = None,
-                 warm_imports: bool = False) -> None:
+    def __init__(self, config: RunConfig | None = None, *, sampler: Sampler | None = None,
+                 output_dir: str | None = None, models_dir: str | None = None, start_screen: str | None = None,
+                 config_path: str | None = None, warm_imports: bool = False) -> None:
         """`config_path`: a YAML file to open on the Review screen; if it cannot be loaded, its TuneError message
         is kept in `config_error` and shown there. `warm_imports`: import the training stack in the background
         after the first frame (the CLI does; tests that never train skip the cost)."""
@@ -141,32 +130,35 @@ class TuneApp(App):
         # The first screen is the App's starting mode, so the first frame is that screen (not a blank default one).
         self.DEFAULT_MODE = self.start_screen
         super().__init__()
-        self.config_error = config_error
+        self.config_error: str | None = config_error
         self.config_path: str | None = config_path
         self.config: RunConfig = config or default_config()
         if output_dir:
             self.config = replace(self.config, output=replace(self.config.output, dir=output_dir))
         self.output_dir: str = output_dir or self.config.output.dir
-        self.models_dir = models_dir
-        self.sampler = sampler
+        self.models_dir: str | None = models_dir
+        self.sampler: Sampler | None = sampler
         """Where GPU/host samples come from; None until the first poll builds a SystemSampler (in the worker, so
         psutil/NVML never delay the first frame)."""
-        self.snapshot: Any = None
-        self.dataset_rows: int | None = None
-        """Rows of the draft's dataset once the Data screen has read it (the recommender weighs data size)."""
+        self.snapshot: Snapshot | None = None
+        self.draft = Draft(self)
+        """What the screens show about the draft config, derived once (tui.draft)."""
         from tui.session import TrainingSession
 
-        self.session = TrainingSession(self)
+        self.session: TrainingSession = TrainingSession(self)
         self.warm_imports = warm_imports
         self._exit_when_stopped = False
         self.hung_up = False
+        """The terminal went away (SIGHUP): a running run trains on, headless, until it ends."""
+        self._follow_timer: Timer | None = None
         self.plan_vram_gib: float | None = None
         """Method's "Plan for" GiB per GPU: the fit words and the recommendation plan for that card, not this one."""
         self.detach_run: str | None = None
         """A run folder to go on training in a background process once the app has closed (detach)."""
         self.attach_dir: str | None = None
         """A run folder to follow on the Run view once the first frame is up (`tunetui attach`)."""
-        """The terminal went away (SIGHUP): a running run trains on, headless, until it ends."""
+        self.chat_request: str | None = None
+        """A run folder or model for the Chat screen to load when it is next drawn (`open_chat`)."""
 
     # ------------------------------------------------------------------ start-up
 
@@ -209,6 +201,12 @@ class TuneApp(App):
         except ScreenStackError:  # shutting down: the screens are gone
             return
         screen.post_message(SnapshotTaken(message.snapshot))
+
+    def on_shape_read(self, message: ShapeRead) -> None:
+        self.draft.shape_read(message.reading)
+
+    def on_data_read(self, message: DataRead) -> None:
+        self.draft.data_read(message.reading)
 
     # ------------------------------------------------------------------ the draft config and navigation
 
@@ -280,9 +278,8 @@ class TuneApp(App):
         return True
 
     def _stop_following(self) -> None:
-        timer = getattr(self, "_follow_timer", None)
-        if timer is not None:
-            timer.stop()
+        if self._follow_timer is not None:
+            self._follow_timer.stop()
             self._follow_timer = None
         self.session.close()
 
@@ -290,7 +287,7 @@ class TuneApp(App):
         """Show the Chat screen loading `target` (a run folder, one of its checkpoints, or a model)."""
         importlib.import_module("tui.screens.chat").open_chat(self, target)
 
-    def on_engine_event(self, message: Any) -> None:
+    def on_engine_event(self, message: EngineEvent) -> None:
         self.session.handle(message.event)
 
     # ------------------------------------------------------------------ command palette
@@ -372,7 +369,7 @@ class TuneApp(App):
     def on_hung_up(self, message: HungUp) -> None:
         self.hang_up()
 
-    def _on_sighup(self, signum: int, frame: Any) -> None:
+    def _on_sighup(self, signum: int, frame: FrameType | None) -> None:
         """SIGHUP (the SSH connection dropped). A plain signal handler, not the event loop's: once the terminal is
         gone, a write can block the UI thread for good, and the run must go on regardless."""
         from core import rundir
@@ -402,9 +399,10 @@ def _warm_training_imports() -> None:
         log.exception("warming the training imports failed")
 
 
-def create_app(config: RunConfig | None = None, *, sampler: Any = None, output_dir: str | None = None,
-               models_dir: str | None = None, start_screen: str | None = None, config_path: str | None = None,
-               warm_imports: bool = False, attach_dir: str | None = None) -> TuneApp:
+def create_app(config: RunConfig | None = None, *, sampler: Sampler | None = None,
+               output_dir: str | None = None, models_dir: str | None = None, start_screen: str | None = None,
+               config_path: str | None = None, warm_imports: bool = False,
+               attach_dir: str | None = None) -> TuneApp:
     """The one way to build the app, shared by the CLI and the tests."""
     models_dir = models_dir or os.environ.get("TUNETUI_MODELS_DIR")
     app = TuneApp(config, sampler=sampler, output_dir=output_dir, models_dir=models_dir,

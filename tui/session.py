@@ -18,32 +18,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
-from textual.message import Message
-
+from core import rundir
 from core.control import RunControl
 from core.errors import TuneError
 from core.events import (
     CheckpointSaved, DataReady, EvalEnded, Event, LogLine, ModelReady, PhaseChanged, RunFailed, RunFinished,
     RunPaused, RunResumed, RunStarted, StepEnded, read_events,
 )
+from tui.messages import EngineEvent
 
 if TYPE_CHECKING:
-    from textual.app import App
+    from textual.worker import Worker
 
     from core.config import RunConfig
+    from tui.app import TuneApp
 
 LOG_LINES = 500
 """How many engine log lines the run view keeps."""
 
 FINAL_STATUSES = ("finished", "stopped", "failed")
-
-
-class EngineEvent(Message, bubble=False):
-    """One engine event, posted from the training thread; bubble=False so it is seen once (by the App)."""
-
-    def __init__(self, event: Event) -> None:
-        super().__init__()
-        self.event = event
 
 
 def is_finite(value: float | None) -> bool:
@@ -216,9 +209,8 @@ class RunState:
 
 def _checkpoint_step(path: str) -> int | None:
     """`.../checkpoint-120` → 120 (None for a path that does not name a checkpoint)."""
-    name = str(path).rstrip("/").rsplit("/", 1)[-1]
-    _, _, digits = name.rpartition("-")
-    return int(digits) if name.startswith("checkpoint-") and digits.isdigit() else None
+    step = rundir.checkpoint_step(path)
+    return step if Path(path).name == f"{rundir.CHECKPOINT_PREFIX}{step}" else None
 
 
 class TrainingSession:
@@ -231,12 +223,12 @@ class TrainingSession:
     owns_process = True
     """True: the run trains in this process (quitting the app must stop it); False: it is followed from its folder."""
 
-    def __init__(self, app: "App") -> None:
+    def __init__(self, app: TuneApp) -> None:
         self.app = app
         self.state = RunState()
-        self.control = RunControl()
-        self.config: "RunConfig | None" = None
-        self.worker = None
+        self.control: RunControl | _RemoteControl = RunControl()
+        self.config: RunConfig | None = None
+        self.worker: Worker[None] | None = None
         self._done: threading.Event | None = None
 
     @property
@@ -244,7 +236,7 @@ class TrainingSession:
         """The training thread is alive (the run may be paused or stopping)."""
         return self._done is not None and not self._done.is_set()
 
-    def start(self, config: "RunConfig", resume_from: str | None = None) -> None:
+    def start(self, config: RunConfig, resume_from: str | None = None) -> None:
         """Start a run in an App-owned thread worker; returns at once."""
         if self.running:
             raise TuneError("A run is already going", self.state.run_id,
@@ -379,8 +371,7 @@ class AttachedSession(TrainingSession):
 
     owns_process = False
 
-    def __init__(self, app: "App", run_dir: str | Path) -> None:
-        from core import rundir
+    def __init__(self, app: TuneApp, run_dir: str | Path) -> None:
         from core.follow import EventTail
 
         super().__init__(app)
@@ -397,8 +388,6 @@ class AttachedSession(TrainingSession):
 
     def close(self) -> None:
         """Stop counting as a viewer (the app leaves the run, or quits)."""
-        from core import rundir
-
         rundir.remove_viewer(self._viewer_mark)
         self._viewer_mark = None
 
@@ -406,7 +395,7 @@ class AttachedSession(TrainingSession):
     def running(self) -> bool:
         return self._alive and not self.state.final
 
-    def start(self, config: "RunConfig", resume_from: str | None = None) -> None:
+    def start(self, config: RunConfig, resume_from: str | None = None) -> None:
         raise RuntimeError("an attached session follows a run; it does not start one")
 
     def poll(self) -> None:
@@ -416,16 +405,12 @@ class AttachedSession(TrainingSession):
         self._check_alive()
 
     def _check_alive(self) -> None:
-        from core import rundir
-
         if self._alive and not self.state.final and not rundir.is_running(self.run_dir):
             self._alive = False
             for event in self.tail.read_new():  # its last words, written just before it went
                 self.handle(event)
             if not self.state.final:
-                from core.rundir import latest_checkpoint
-
-                checkpoint = latest_checkpoint(self.run_dir)
+                checkpoint = rundir.latest_checkpoint(self.run_dir)
                 self.state.error = (
                     f"The process training this run{f' (pid {self.pid})' if self.pid else ''} ended without "
                     "finishing it. " + (f"Resume it from {checkpoint.name}: r on the Runs screen, or tunetui train "
@@ -438,8 +423,6 @@ def continue_in_background(run_dir: str | Path) -> str:
     """After a detach (the run stopped with a checkpoint, the app closed): go on with the run in a process of its
     own, in a new session so no hang-up of this terminal reaches it, its output appended to the run's output.log.
     Returns what to tell the user."""
-    from core import rundir
-
     run = Path(run_dir).resolve()
     summary = rundir.summarize(run)
     if summary.status == "finished":
@@ -465,9 +448,9 @@ def continue_in_background(run_dir: str | Path) -> str:
 def _replay_history(state: RunState, run_dir: str) -> None:
     """Fold a run folder's events.jsonl into `state` (its curve and log), quietly: no notifications."""
     root = Path(run_dir)
-    if _checkpoint_step(run_dir) is not None:  # given a checkpoint: its run is two levels up
+    if _checkpoint_step(run_dir) is not None:  # given a checkpoint: its run is two levels up (see core.rundir)
         root = root.parent.parent
-    path = root / "events.jsonl"
+    path = root / rundir.EVENTS_FILE
     try:
         events = read_events(path) if path.is_file() else []
     except OSError:

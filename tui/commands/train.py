@@ -152,9 +152,11 @@ def _load_config(args, cfg):
     if args.config:
         return cfg.load(args.config, args.overrides)
     if args.resume:
-        path = Path(args.resume).expanduser() / "config.yaml"
+        from core import rundir
+
+        path = Path(args.resume).expanduser() / rundir.CONFIG_FILE
         if not path.is_file():
-            raise TuneError(f"{args.resume} is not a run folder (it has no config.yaml)", "--resume",
+            raise TuneError(f"{args.resume} is not a run folder (it has no {rundir.CONFIG_FILE})", "--resume",
                             "Pass a folder listed by `tunetui runs`")
         return cfg.load(path, args.overrides)
     raise TuneError("No config given", None, "Run `tunetui train presets/demo.yaml`, or `tunetui train --resume RUN_DIR`")

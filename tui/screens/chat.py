@@ -8,19 +8,23 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Callable, TypeVar, Union
 
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
-from textual.message import Message
-from textual.screen import Screen
 from textual.widgets import Input, Label, Static
 
+from core import rundir
 from core.errors import TuneError
-from tui.widgets.footer import KeyFooter
-from tui.widgets.setup_nav import NavBar
+from tui.messages import GenerationDone, LoadProgress, ModelLoaded, ReplyDone, TargetDescribed
+from tui.screens.base import TuneScreen
+
+if TYPE_CHECKING:
+    from core.chat import ChatModel, Classification, Sampling
+    from core.chattarget import LoadEstimate, Target
+    from tui.app import TuneApp
 
 REDRAW_SECONDS = 0.1
 COLUMNS = ("base", "tuned")
@@ -32,74 +36,47 @@ GIB = 2**30
 
 # ------------------------------------------------------------------ what the workers call (tests replace these)
 
-def describe_target(text: str, device: str) -> tuple[Any, Any]:
-    """(core.chat.Target, LoadEstimate) from the files alone."""
+def describe_target(text: str, device: str) -> tuple[Target, LoadEstimate]:
+    """(core.chattarget.Target, LoadEstimate) from the files alone."""
     from core.chattarget import load_estimate, resolve_target
 
     target = resolve_target(text)
     return target, load_estimate(target, device)
 
 
-def load_target(target: Any, progress) -> Any:
+def load_target(target: Target, progress: Callable[[str], None]) -> ChatModel:
     from core.chat import ChatModel
 
     return ChatModel.load(target, progress=progress)
 
 
-def default_target(app: Any) -> str | None:
+def default_target(app: TuneApp) -> str | None:
     """The App's current or last run, else the newest run in the output folder with something saved."""
     state = app.session.state
     if state.run_dir and (state.final_dir or state.checkpoint):
         return str(state.run_dir)
-    from core.rundir import list_runs
-
-    for run in list_runs(app.output_dir):
+    for run in rundir.list_runs(app.output_dir):
         if run.final_dir or run.checkpoint:
             return str(run.run_dir)
     return None
 
 
-def open_chat(app: Any, target: str) -> None:
+def open_chat(app: TuneApp, target: str) -> None:
     """Show the Chat screen and load `target` there (a run folder, one of its checkpoints, or a model)."""
     app.chat_request = str(target)
     app.show("chat")
 
 
-# ------------------------------------------------------------------ messages from the workers
-
-class TargetDescribed(Message, bubble=False):
-    def __init__(self, text: str, target: Any, estimate: Any, error: str | None, load: bool) -> None:
-        super().__init__()
-        self.text, self.target, self.estimate, self.error, self.load = text, target, estimate, error, load
-
-
-class LoadProgress(Message, bubble=False):
-    def __init__(self, text: str) -> None:
-        super().__init__()
-        self.text = text
-
-
-class ModelLoaded(Message, bubble=False):
-    def __init__(self, model: Any, error: str | None) -> None:
-        super().__init__()
-        self.model, self.error = model, error
-
-
-class ReplyDone(Message, bubble=False):
-    def __init__(self, column: str, text: str, stopped: bool, error: str | None = None, result: Any = None) -> None:
-        super().__init__()
-        self.column, self.text, self.stopped, self.error, self.result = column, text, stopped, error, result
-
-
-class GenerationDone(Message, bubble=False):
-    pass
+N = TypeVar("N", int, float)
+Reply = Union[str, "Classification"]
+"""A chat reply's text, or a classifier's labels with their probabilities."""
 
 
 @dataclass
 class Column:
     """One side's conversation: finished (prompt, reply) turns, what is streaming now, what the transcript shows."""
 
-    turns: list[tuple[str, Any, str]] = field(default_factory=list)
+    turns: list[tuple[str, Reply, str]] = field(default_factory=list)
     """(prompt, reply text or Classification, note) — note: "stopped", an error, or ""."""
     prompt: str | None = None
     live: str = ""
@@ -109,26 +86,10 @@ class Column:
         return [(p, r) for p, r, note in self.turns if isinstance(r, str) and not note]
 
 
-class ChatScreen(Screen):
+class ChatScreen(TuneScreen):
     """Talk to a run's tuned model and its base side by side."""
 
-    DEFAULT_CSS = """
-    ChatScreen { layout: vertical; }
-    ChatScreen .chat-row { height: 1; padding: 0 1; }
-    ChatScreen .chat-row Label { color: $text-muted; width: auto; padding-right: 1; }
-    ChatScreen #chat-target { width: 1fr; }
-    ChatScreen #chat-status { height: auto; max-height: 3; padding: 0 1; }
-    ChatScreen #chat-settings Input { width: 7; margin-right: 2; }
-    ChatScreen #chat-columns { height: 1fr; }
-    ChatScreen .chat-column {
-        width: 1fr; border: round $panel-lighten-2; border-title-color: $text-muted; padding: 0 1;
-        scrollbar-size-vertical: 1;
-    }
-    ChatScreen #chat-prompt-row { height: 1; padding: 0 1; }
-    ChatScreen #chat-prompt-row Label { color: $text-accent; width: auto; padding-right: 1; text-style: bold; }
-    ChatScreen #chat-prompt { width: 1fr; }
-    """
-
+    NAME = "chat"
     BINDINGS = [
         Binding("enter", "send", "Send", key_display="⏎"),
         Binding("ctrl+o", "load", "Load"),
@@ -141,9 +102,9 @@ class ChatScreen(Screen):
 
     def __init__(self, *, name: str | None = None, id: str | None = None, classes: str | None = None) -> None:
         super().__init__(name=name, id=id, classes=classes)
-        self.model: Any = None
-        self.target: Any = None
-        self.estimate: Any = None
+        self.model: ChatModel | None = None
+        self.target: Target | None = None
+        self.estimate: LoadEstimate | None = None
         self.loading = False
         self.load_error: str | None = None
         """Why the last load did not happen or failed (shown in the status line)."""
@@ -154,14 +115,14 @@ class ChatScreen(Screen):
         self._painted = -1
         self._described = False
 
-    def compose(self) -> ComposeResult:
+    def compose_body(self) -> ComposeResult:
         from core.chat import Sampling
 
         d = Sampling()
-        yield NavBar("chat")
         with Horizontal(classes="chat-row"):
             yield Label("Run or model")
-            yield Input(placeholder="a run folder, its final/ or checkpoint-N, a model folder or hub id (⏎ loads)",
+            yield Input(placeholder=f"a run folder, its {rundir.FINAL}/ or {rundir.CHECKPOINT_PREFIX}N, a model folder or "
+                                    "hub id (⏎ loads)",
                         id="chat-target", compact=True)
         yield Static(id="chat-status")
         with Horizontal(classes="chat-row", id="chat-settings"):
@@ -180,7 +141,6 @@ class ChatScreen(Screen):
         with Horizontal(id="chat-prompt-row"):
             yield Label("›")
             yield Input(placeholder="type a message, ⏎ sends to both", id="chat-prompt", compact=True)
-        yield KeyFooter()
 
     def on_mount(self) -> None:
         self.query_one("#chat-base").border_title = "Base"
@@ -192,20 +152,16 @@ class ChatScreen(Screen):
         self._stop.set()  # quitting mid-reply: let the generation thread end instead of running to max_new_tokens
 
     def on_screen_resume(self) -> None:
-        self.query_one(NavBar).set_snapshot(self.app.snapshot)
         # A request from open_chat() is taken by the redraw timer: loading from inside this handler, while the
         # mode switch is still under way, left the screen unpainted.
-        requested = getattr(self.app, "chat_request", None)
+        requested = self.app.chat_request
         if not requested and not self._described and self.model is None and not self.loading:
             self._described = True  # suggest the current/last run once; what the user types afterwards wins
             self.run_worker(self._suggest, thread=True, group="chat-describe", exclusive=True, exit_on_error=False)
         self.query_one("#chat-prompt" if self.model is not None else "#chat-target", Input).focus()
 
-    def on_snapshot_taken(self, message: Any) -> None:
-        self.query_one(NavBar).set_snapshot(message.snapshot)
-
     def _take_request(self) -> bool:
-        request = getattr(self.app, "chat_request", None)
+        request = self.app.chat_request
         if not request:
             return False
         self.app.chat_request = None
@@ -240,13 +196,13 @@ class ChatScreen(Screen):
         except Exception as exc:  # noqa: BLE001 - shown in place, with the details in the log
             error, load = f"Cannot read {text}: {exc}", False
         self.post_message(TargetDescribed(text, target, estimate, error, load))
-        if load:
+        if load and target is not None:
             self._load(target)
 
-    def _refusal(self, estimate: Any) -> str | None:
+    def _refusal(self, estimate: LoadEstimate) -> str | None:
         """Why loading must wait: this app trains on the GPU and the model would not fit beside the run."""
         session, snapshot = self.app.session, self.app.snapshot
-        model = getattr(session.state, "model", None)
+        model = session.state.model
         if not (session.running and model is not None and str(model.device).startswith("cuda")):
             return None
         free = snapshot.free_gib() if snapshot is not None else None
@@ -263,6 +219,7 @@ class ChatScreen(Screen):
             self.load_error = message.error
             self._status(Text(message.error, style="red"))
             return
+        assert message.target is not None and message.estimate is not None  # described without an error
         target_input = self.query_one("#chat-target", Input)
         if not target_input.value:
             target_input.value = message.text
@@ -293,7 +250,7 @@ class ChatScreen(Screen):
         self.refresh_bindings()
         self.run_worker(lambda: self._describe(text, load=True), thread=True, group="chat-load", exit_on_error=False)
 
-    def _load(self, target: Any) -> None:
+    def _load(self, target: Target) -> None:
         model, error = None, None
         try:
             model = load_target(target, lambda text: self.post_message(LoadProgress(text)))
@@ -318,6 +275,7 @@ class ChatScreen(Screen):
             self.load_error = message.error
             self._status(Text(message.error, style="red"))
             return
+        assert self.model is not None  # loaded without an error
         target = self.model.target
         status = Text.assemble((target.label, "bold"), f"  {target.description}")
         status.append(f"\nLoaded on {self.model.device}" + (f", {self.estimate.text}." if self.estimate else "."),
@@ -383,10 +341,10 @@ class ChatScreen(Screen):
         self.run_worker(lambda: self._generate(model, prompt, sampling, sides, histories, self._stop), thread=True,
                         group="chat-generate", exit_on_error=False)
 
-    def sampling(self) -> Any:
+    def sampling(self) -> Sampling:
         from core.chat import Sampling
 
-        def number(id_: str, kind):
+        def number(id_: str, kind: Callable[[str], N]) -> N:
             text = self.query_one(f"#chat-{id_}", Input).value.strip()
             try:
                 return kind(text)
@@ -397,8 +355,8 @@ class ChatScreen(Screen):
         return Sampling(temperature=number("temperature", float), top_p=number("top-p", float),
                         max_new_tokens=number("max-new-tokens", int), seed=number("seed", int)).check()
 
-    def _generate(self, model: Any, prompt: str, sampling: Any, sides: list[str], histories: dict,
-                  stop: threading.Event) -> None:
+    def _generate(self, model: ChatModel, prompt: str, sampling: Sampling, sides: list[str],
+                  histories: dict[str, list[tuple[str, str]]], stop: threading.Event) -> None:
         """Thread worker: each side in turn, streaming into its column (same seed for both)."""
         from core.chat import conversation
 
@@ -498,7 +456,7 @@ class ChatScreen(Screen):
         return text
 
 
-def _turn(text: Text, prompt: str, reply: Any, note: str) -> None:
+def _turn(text: Text, prompt: str, reply: Reply, note: str) -> None:
     text.append("› ", style="bold cyan").append(prompt + "\n", style="bold")
     if isinstance(reply, str):
         text.append(reply)

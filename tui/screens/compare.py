@@ -7,20 +7,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
-from textual.message import Message
-from textual.screen import Screen
 from textual.widgets import Static
 
+from tui.messages import RunsCompared
+from tui.screens.base import TuneScreen
 from tui.widgets.compare_chart import Curve, OverlayChart, legend, run_colour
-from tui.widgets.footer import KeyFooter
-from tui.widgets.setup_nav import NavBar
 
 DIFF_STYLE = "bold yellow"
 """How a config key whose value differs between the runs stands out."""
@@ -35,21 +32,15 @@ class ComparedRun:
     step: str
     last_loss: float | None
     eval_loss: float | None
-    metrics: dict
-    losses: list
-    eval_losses: list
+    metrics: dict[str, float]
+    losses: list[tuple[int, float]]
+    eval_losses: list[tuple[int, float]]
     config: dict[str, str]
     """Dotted key → value as text (empty with `error` set when the config could not be read)."""
     error: str | None = None
 
 
-class RunsCompared(Message, bubble=False):
-    def __init__(self, runs: list[ComparedRun]) -> None:
-        super().__init__()
-        self.runs = runs
-
-
-def flatten(data: Any, prefix: str = "") -> dict[str, str]:
+def flatten(data: object, prefix: str = "") -> dict[str, str]:
     """{'train': {'lr': 0.0002}} → {'train.lr': '0.0002'}; lists stay whole values (`[q_proj, v_proj]`)."""
     if isinstance(data, dict):
         out: dict[str, str] = {}
@@ -83,7 +74,8 @@ def read_run(run_dir: str) -> ComparedRun:
     except OSError:
         events = []
     state = RunState.from_events(events)
-    config, error = {}, None
+    config: dict[str, str] = {}
+    error = None
     try:
         config = flatten(cfg.to_dict(rundir.load_run_config(path)))
     except TuneError as exc:
@@ -132,18 +124,10 @@ def comparison_table(runs: list[ComparedRun], *, only_differences: bool) -> Tabl
     return table
 
 
-class CompareScreen(Screen):
-    """Two or more runs side by side."""
+class CompareScreen(TuneScreen):
+    """Two or more runs side by side (the nav bar lights Runs: this view is pushed over it)."""
 
-    DEFAULT_CSS = """
-    CompareScreen #compare-title { height: 1; padding: 0 1; }
-    CompareScreen #compare-legend { height: auto; max-height: 3; padding: 0 1; }
-    CompareScreen #compare-chart { height: 2fr; min-height: 7; }
-    CompareScreen #compare-configs {
-        height: 3fr; border: round $panel-lighten-2; border-title-color: $text-muted;
-    }
-    """
-
+    NAME = "runs"
     BINDINGS = [
         Binding("escape", "back", "Back"),
         Binding("d", "toggle_differences", "Only differences"),
@@ -155,14 +139,12 @@ class CompareScreen(Screen):
         self.runs: list[ComparedRun] = []
         self.only_differences = False
 
-    def compose(self) -> ComposeResult:
-        yield NavBar("runs")
+    def compose_body(self) -> ComposeResult:
         yield Static(Text(f"Comparing {len(self.run_dirs)} runs", style="bold"), id="compare-title")
         yield Static(id="compare-legend")
         yield OverlayChart(id="compare-chart")
         with VerticalScroll(id="compare-configs"):
             yield Static(id="compare-table")
-        yield KeyFooter()
 
     def on_mount(self) -> None:
         self.query_one("#compare-configs", VerticalScroll).border_title = "results and config"
@@ -185,9 +167,6 @@ class CompareScreen(Screen):
         differ = len(differing_keys(self.runs))
         self.query_one("#compare-configs", VerticalScroll).border_subtitle = (
             "d: all keys" if self.only_differences else f"d: only the {differ} differing keys")
-
-    def on_snapshot_taken(self, message: Any) -> None:
-        self.query_one(NavBar).set_snapshot(message.snapshot)
 
     def action_toggle_differences(self) -> None:
         self.only_differences = not self.only_differences

@@ -4,12 +4,13 @@ A file picker (DirectoryTree) or a typed path / hub id; the detected format (cha
 through the chat template with the trained-on tokens lit; token-length stats, how many examples max_length
 truncates or drops; the validation split.
 
-Tokenizing needs transformers and datasets, so the preview runs in a thread worker (debounced while typing).
+Tokenizing needs transformers and datasets, so the preview is read by the App's draft facts (tui.draft) in a thread
+worker, asked for here and debounced while typing; its row count feeds the validation split and the recommendation.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Iterable
 
 from textual import on
 from textual.app import ComposeResult
@@ -18,13 +19,12 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.content import Content
 from textual.timer import Timer
 from textual.widgets import Collapsible, DirectoryTree, Input, Select, Static
-from textual.worker import Worker, WorkerState
 
 from core.config import FORMATS, RunConfig
-from core.errors import TuneError
-from tui.screens.setup_base import SetupScreen, get_value, human_count, parse_number, val_split_warning
+from tui.draft import DataKey, DataReading, data_key
+from tui.messages import FactsChanged
+from tui.screens.setup_base import SetupScreen, get_value, human_count, parse_number
 
-PREVIEW_EXAMPLES = 3
 PREVIEW_HEAD_LINES, PREVIEW_TAIL_LINES = 8, 3
 PREVIEW_DELAY_SECONDS = 0.3
 """Wait this long after the last keystroke before tokenizing again."""
@@ -72,15 +72,11 @@ class DataScreen(SetupScreen):
 
     def __init__(self) -> None:
         super().__init__()
-        self.previewed: Any = None
-        """The last core.training.data.Preview shown (None before the first one or after an error)."""
-        self.preview_error: str | None = None
-        self.previewed_key: tuple | None = None
-        """What the preview should be made from (model, data settings); a new preview starts when it changes."""
-        self.shown_key: tuple | None = None
-        """What the preview on screen (or its error) was made from: up to date when equal to previewed_key."""
+        self.wanted: DataKey | None = None
+        """What the preview should be made from (model, data settings); a new one is asked for when it changes."""
+        self.shown: DataReading | None = None
+        """The draft's data preview (or its error) on screen: up to date when its key is `wanted`."""
         self._pending: Timer | None = None
-        self._tokenizers: dict[str, Any] = {}
 
     def compose_body(self) -> ComposeResult:
         with Horizontal(id="data-body"):
@@ -189,9 +185,9 @@ class DataScreen(SetupScreen):
             if select.value != d.format:
                 select.value = d.format
         self._show_val_rows()
-        key = _preview_key(config)
-        if key != self.previewed_key:
-            self.previewed_key = key
+        key = data_key(config)
+        if key != self.wanted:
+            self.wanted = key
             self._schedule_preview()
 
     # ------------------------------------------------------------ the preview
@@ -203,56 +199,34 @@ class DataScreen(SetupScreen):
 
     def _start_preview(self) -> None:
         self._pending = None
-        config = self.config
-        if not config.data.path.strip():
-            self.previewed, self.preview_error = None, "No data yet: pick a file on the left or type a path."
-            self.shown_key = self.previewed_key
+        draft = self.app.draft
+        draft.read_data()
+        if draft.data_current:  # nothing to read (no data path), or read already
             self._render_preview()
-            return
-        self.query_one("#data-stats", Static).update("Reading and tokenizing…")
-        key = _preview_key(config)
-        self.run_worker(lambda: self._make_preview(config, key), name="preview", thread=True,
-                        group="data-preview", exclusive=True, exit_on_error=False)
-
-    def _make_preview(self, config: RunConfig, key: tuple) -> tuple[tuple, Any, str | None]:
-        from core import demo
-        from core.training.preview import preview
-        from core.training.models import load_tokenizer
-
-        try:
-            name = config.model.name_or_path
-            if name not in self._tokenizers:
-                # The demo's tokenizer ships in core/assets: no need to build the demo weights for a preview.
-                where = demo.TOKENIZER_DIR if demo.is_demo(name) and demo.demo_name(name) in demo.DEMO_NAMES else None
-                self._tokenizers[name] = load_tokenizer(config.model, where)
-            return key, preview(config.data, self._tokenizers[name], PREVIEW_EXAMPLES), None
-        except TuneError as exc:
-            return key, None, str(exc)
-
-    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
-        worker = event.worker
-        if worker.name != "preview" or worker.state not in (WorkerState.SUCCESS, WorkerState.ERROR):
-            return
-        if worker.state == WorkerState.ERROR:
-            key, result, error = self.previewed_key, None, f"The preview failed: {worker.error!r}"
         else:
-            key, result, error = worker.result
-        if key != self.previewed_key:
-            return  # the settings changed meanwhile; a newer preview is on its way
-        self.previewed, self.preview_error, self.shown_key = result, error, key
-        if result is not None:
-            self.app.dataset_rows = result.rows
-        self._render_preview()
+            self.query_one("#data-stats", Static).update("Reading and tokenizing…")
+
+    def on_facts_changed(self, message: FactsChanged) -> None:
+        self._render_if_new()
+
+    def on_screen_resume(self) -> None:
+        self._render_if_new()  # a preview that arrived while another screen was shown
+
+    def _render_if_new(self) -> None:
+        draft = self.app.draft
+        if draft.data_current and draft.data is not self.shown and draft.data_wanted == self.wanted:
+            self._render_preview()
 
     def _render_preview(self) -> None:
         stats_box = self.query_one("#data-stats", Static)
         examples_box = self.query_one("#data-examples", Static)
         detected = self.query_one("#data-detected", Static)
-        p = self.previewed
+        self.shown = reading = self.app.draft.data
+        p = reading.preview if reading is not None else None
         if p is None:
             stats_box.update("")
             detected.update("")
-            examples_box.update(Content.styled(self.preview_error or "", "$error"))
+            examples_box.update(Content.styled((reading.error if reading is not None else None) or "", "$error"))
             self._show_val_rows()
             return
         detected.update(f"detected: {p.format}" if self.config.data.format == "auto" else f"reading as {p.format}")
@@ -276,21 +250,17 @@ class DataScreen(SetupScreen):
     def _show_val_rows(self) -> None:
         box = self.query_one("#data-val-rows", Static)
         warning = self.query_one("#data-val-warning", Static)
-        d = self.config.data
-        rows = None if self.previewed is None else self.previewed.rows
-        advice = None
-        if d.val_path:
-            box.update(f"from {d.val_path}")
-        elif not d.val_size:
+        split = self.app.draft.split()
+        if split.val_path:
+            box.update(f"from {split.val_path}")
+        elif not split.val_size:
             box.update("none")
-        elif rows is None:
+        elif split.val is None:
             box.update("")
         else:
-            count = int(d.val_size) if d.val_size >= 1 else round(rows * d.val_size)
-            box.update(f"{count} rows")
-            advice = val_split_warning(rows, d.val_size)
-        warning.update(advice or "")
-        warning.display = bool(advice)
+            box.update(f"{split.val} rows")
+        warning.update(split.warning or "")
+        warning.display = bool(split.warning)
 
 def _head_and_tail(lines: list[Content]) -> list[Content]:
     """A long example as its start (the template, the prompt) and its end (where EOS must be), with the middle
@@ -300,12 +270,6 @@ def _head_and_tail(lines: list[Content]) -> list[Content]:
     hidden = len(lines) - PREVIEW_HEAD_LINES - PREVIEW_TAIL_LINES
     return [*lines[:PREVIEW_HEAD_LINES], Content.styled(f"  … {hidden} more lines …", "dim italic"),
             *lines[-PREVIEW_TAIL_LINES:]]
-
-
-def _preview_key(config: RunConfig) -> tuple:
-    d = config.data
-    return (config.model.name_or_path, d.path, d.format, d.max_length, d.max_samples, d.text_column,
-            d.label_column, d.system_prompt)
 
 
 def _number_text(value: float) -> str:

@@ -3,12 +3,12 @@
 Full / Freeze / LoRA / QLoRA with their estimated peak memory against the free GPU memory (fits / tight / won't
 fit) and the recommended one with its reason; per-method settings, validated, that move the estimate as they change.
 
-The estimator and recommender are pure Python (core.resources), so they run on the UI thread on every change;
-only reading the model's shape (a config.json) happens in a thread worker.
+The shape, the estimates and the recommendation come from the App's draft facts (tui.draft), which Review and
+Monitor show too: this screen only draws them.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from textual import on
 from textual.app import ComposeResult
@@ -16,14 +16,19 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.content import Content
 from textual.events import Click
-from tui.widgets.fields import Tick
 from textual.widgets import Checkbox, Input, Select, SelectionList, Static
-from textual.worker import Worker, WorkerState
 
 from core.config import METHODS, RunConfig
-from core.errors import TuneError
-from tui.screens.setup_base import (SetupScreen, get_value, human_count, parse_number, planned_gib,
-                                    update_if_changed)
+from tui.draft import Facts, fit_label
+from tui.messages import FactsChanged
+from tui.screens.setup_base import SetupScreen, get_value, human_count, parse_number, update_if_changed
+from tui.widgets.fields import Tick
+
+if TYPE_CHECKING:
+    from core.resources.estimate import Estimate
+    from core.resources.shape import ModelShape
+    from core.resources.gpus import Snapshot
+    from core.resources.recommend import Recommendation
 
 TITLES = {"full": "Full", "freeze": "Freeze", "lora": "LoRA", "qlora": "QLoRA"}
 # Three short lines at 80 columns, one when wide.
@@ -33,7 +38,6 @@ TRADE_OFFS = {
     "lora": "Adapters on a frozen base; the default.",
     "qlora": "LoRA on a 4-bit base; least memory.",
 }
-FIT_WORDS = {"fits": ("fits", "$success"), "tight": ("tight", "$warning"), "no": ("won't fit", "$error")}
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 OPTIMS = (("AdamW (32-bit)", "adamw"), ("AdamW 8-bit", "adamw8bit"), ("Paged AdamW 8-bit", "paged_adamw8bit"))
 
@@ -68,7 +72,9 @@ class MethodCard(Static):
         self.border_title = TITLES[method]
 
     def on_click(self, event: Click) -> None:
-        self.screen.choose(self.method)
+        screen = self.screen
+        assert isinstance(screen, MethodScreen)
+        screen.choose(self.method)
 
 
 class MethodCards(Horizontal, can_focus=True):
@@ -79,6 +85,7 @@ class MethodCards(Horizontal, can_focus=True):
 
     def action_step(self, delta: int) -> None:
         screen = self.screen
+        assert isinstance(screen, MethodScreen)
         index = METHODS.index(screen.config.method.kind)
         screen.choose(METHODS[(index + delta) % len(METHODS)])
 
@@ -90,11 +97,8 @@ class MethodScreen(SetupScreen):
 
     def __init__(self) -> None:
         super().__init__()
-        self.shape: Any = None
-        self.shape_for: str | None = None
-        self.shape_error: str | None = None
-        self.recommendation: Any = None
-        self.estimates: dict[str, Any] = {}
+        self._targets_from: ModelShape | None = None
+        """The shape whose linear layers the targets list shows."""
 
     def compose_body(self) -> ComposeResult:
         with MethodCards(id="method-cards"):
@@ -113,7 +117,7 @@ class MethodScreen(SetupScreen):
                 yield from self._compose_settings()
             yield Static(id="method-breakdown")
 
-    def _draft(self, wid: str) -> Any:
+    def _draft(self, wid: str) -> Any:  # a config value: int, str or bool
         """The draft's value for a choice field, to build it with: a Select built on its first option reports that
         option as a change, which would overwrite the draft (and count as the user's edit)."""
         return get_value(self.app.config, CHOICE_FIELDS[wid])
@@ -171,7 +175,7 @@ class MethodScreen(SetupScreen):
     def on_mount(self) -> None:
         super().on_mount()
         self.query_one("#method-error").display = False
-        plan = planned_gib(self.app)
+        plan = self.app.plan_vram_gib
         self.query_one("#plan-gib", Input).value = "" if plan is None else f"{plan:g}"
 
     # ------------------------------------------------------------ choosing a method
@@ -205,7 +209,7 @@ class MethodScreen(SetupScreen):
         field.remove_class("-invalid")
         errors.pop(id(field), None)
         self._show_errors(self.error_box, errors, None)
-        self.app.plan_vram_gib = float(value) if text else None
+        self.app.plan_vram_gib = float(value) if text and isinstance(value, (int, float)) else None
         self.refresh_estimates()
 
     @on(Input.Changed)
@@ -235,7 +239,7 @@ class MethodScreen(SetupScreen):
         targets = event.selection_list
         ticked = list(targets.selected)
         names = [targets.get_option_at_index(i).value for i in range(targets.option_count)]
-        value: Any = "all-linear" if names and len(ticked) == len(names) else ticked
+        value: str | list[str] = "all-linear" if names and len(ticked) == len(names) else ticked
         self.apply({"method.lora.target_modules": value}, self.error_box, targets)
 
     def show_config(self, config: RunConfig, from_self: bool) -> None:
@@ -248,8 +252,6 @@ class MethodScreen(SetupScreen):
         self.query_one("#group-quant").display = kind == "qlora"
         if not from_self:
             self._fill_form(config)
-        if config.model.name_or_path != self.shape_for:
-            self._load_shape(config.model.name_or_path)
         self._show_freeze_which()
         self.refresh_estimates()
 
@@ -267,7 +269,7 @@ class MethodScreen(SetupScreen):
             if field.value != value:
                 field.value = value
         for wid, key in CHOICE_FIELDS.items():
-            widget: Any = self.query_one(f"#{wid}")
+            widget: Any = self.query_one(f"#{wid}")  # a Checkbox or a Select
             value = get_value(config, key)
             if widget.value != value:
                 widget.value = value
@@ -278,8 +280,10 @@ class MethodScreen(SetupScreen):
         self._fill_targets(config)
 
     def _fill_targets(self, config: RunConfig) -> None:
+        shape = self.app.draft.facts().shape
+        self._targets_from = shape
         targets = self.query_one("#lora-targets", SelectionList)
-        names = list(self.shape.linear_names) if self.shape is not None else []
+        names = list(shape.linear_names) if shape is not None else []
         chosen = config.method.lora.target_modules
         ticked = set(names) if chosen == "all-linear" else set(chosen)
         # Names in the config that this model lacks are shown too, so a wrong target is visible, not dropped.
@@ -288,74 +292,44 @@ class MethodScreen(SetupScreen):
             targets.clear_options()
             targets.add_options([(n, n, n in ticked) for n in names + extra])
 
-    # ------------------------------------------------------------ the model's shape and the estimates
+    # ------------------------------------------------------------ the estimates (the draft's facts)
 
-    def _load_shape(self, name: str) -> None:
-        self.shape, self.shape_for, self.shape_error = None, name, None
-        trust = self.config.model.trust_remote_code
-        self.run_worker(lambda: _read_shape(name, trust), name="shape", thread=True, group="method-shape",
-                        exclusive=True, exit_on_error=False)
-
-    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
-        worker = event.worker
-        if worker.name != "shape" or worker.state not in (WorkerState.SUCCESS, WorkerState.ERROR):
-            return
-        if worker.state == WorkerState.ERROR:
-            name, shape, error = self.shape_for, None, f"Reading the model's shape failed: {worker.error!r}"
-        else:
-            name, shape, error = worker.result
-        if name != self.config.model.name_or_path:
-            return  # the model changed again meanwhile; its own worker will report
-        self.shape, self.shape_error = shape, error
-        self._fill_targets(self.config)
-        self._show_freeze_which()
+    def on_facts_changed(self, message: FactsChanged) -> None:
         self.refresh_estimates()
 
-    def snapshot_changed(self, snapshot: Any) -> None:
+    def snapshot_changed(self, snapshot: Snapshot | None) -> None:
         self.refresh_estimates()
 
     def refresh_estimates(self) -> None:
-        """Recompute the estimate of every method and the recommendation for the draft (pure Python, fast)."""
+        """Draw the draft's facts: every method's estimate, the recommendation, what trains."""
+        facts = self.app.draft.facts()
+        if facts.shape is not self._targets_from:  # the model's shape arrived (or another model's)
+            self._fill_targets(self.config)
+            self._show_freeze_which(facts)
         reason = self.query_one("#method-reason", Static)
-        if self.shape is None:
-            self.estimates, self.recommendation = {}, None
+        if facts.shape is None:
             for method in METHODS:
                 self._show_card(method, None, None)
-            reason.update(self.shape_error or "Reading the model's shape…")
-            reason.set_class(bool(self.shape_error), "error")
+            reason.update(facts.shape_error or "Reading the model's shape…")
+            reason.set_class(bool(facts.shape_error), "error")
             return
-        from core.resources.estimate import EstimateSettings, estimate_all
-        from core.resources.recommend import recommend
-
-        try:
-            settings = EstimateSettings.from_config(self.config)
-            self.estimates = estimate_all(self.shape, settings)
-            plan = planned_gib(self.app)
-            snapshot = self.app.snapshot
-            if plan is None and snapshot is None:
-                self.recommendation = None
-            else:
-                free = plan if plan is not None else snapshot.free_gib()
-                self.recommendation = recommend(self.shape, settings, free, getattr(self.app, "dataset_rows", None))
-        except TuneError as exc:
-            self.estimates, self.recommendation = {}, None
-            reason.update(str(exc))
+        if facts.error:
+            reason.update(facts.error)
             reason.add_class("error")
             return
         reason.remove_class("error")
-        rec = self.recommendation
+        rec = facts.recommendation
         for method in METHODS:
-            self._show_card(method, self.estimates.get(method), rec)
+            self._show_card(method, facts.estimates.get(method), rec)
         if rec is None:
             update_if_changed(reason, "Checking this machine's GPUs…")
         else:
-            plan = planned_gib(self.app)
-            where = "" if plan is None else f" for a {plan:g} GiB GPU"
+            where = f" for a {facts.free_gib:g} GiB GPU" if facts.planned else ""
             update_if_changed(reason, f"★ Recommended{where}: {TITLES[rec.method]}. {rec.reason}")
         self._show_suggestions(rec)
-        self._show_breakdown(self.estimates.get(self.config.method.kind))
+        self._show_breakdown(facts.estimates.get(self.config.method.kind))
 
-    def _show_card(self, method: str, estimate: Any, rec: Any) -> None:
+    def _show_card(self, method: str, estimate: Estimate | None, rec: Recommendation | None) -> None:
         card = self.query_one(f"#card-{method}", MethodCard)
         star = rec is not None and rec.method == method
         card.border_title = TITLES[method] + (" ★" if star else "")
@@ -368,15 +342,12 @@ class MethodScreen(SetupScreen):
             lines.append(Content.assemble((f"{estimate.peak_gib:.1f} GiB", "bold"), " peak"))
             if rec is None:
                 lines.append(Content.styled("checking GPU…", "dim"))
-            else:
-                word, style = FIT_WORDS.get(rec.fit.get(method, ""), (rec.fit.get(method, "?"), ""))
-                if rec.no_gpu:  # without a GPU the verdict is about training on this CPU
-                    word = "CPU: ok" if rec.fit.get(method) == "fits" else "CPU: too big"
-                lines.append(Content.styled(word, f"bold {style}"))
+            else:  # without a GPU the verdict is about training on this CPU
+                lines.append(fit_label(rec.fit.get(method, "?"), no_gpu=rec.no_gpu))
         lines.append(Content.styled(TRADE_OFFS[method], "dim"))
         update_if_changed(card, Content("\n").join(lines), layout=False)  # cards have a fixed size
 
-    def _show_breakdown(self, e: Any) -> None:
+    def _show_breakdown(self, e: Estimate | None) -> None:
         """Where the selected method's memory goes, and what trains."""
         box = self.query_one("#method-breakdown", Static)
         if e is None:
@@ -394,7 +365,7 @@ class MethodScreen(SetupScreen):
         lines += [Content.styled(f"• {note}", "dim") for note in e.notes]
         update_if_changed(box, Content("\n").join(lines))
 
-    def _show_suggestions(self, rec: Any) -> None:
+    def _show_suggestions(self, rec: Recommendation | None) -> None:
         box = self.query_one("#method-suggestions", Static)
         lines = []
         for s in (rec.suggestions if rec is not None else ())[:4]:
@@ -403,11 +374,12 @@ class MethodScreen(SetupScreen):
         update_if_changed(box, "\n".join(lines))
         box.display = bool(lines)
 
-    def _show_freeze_which(self) -> None:
+    def _show_freeze_which(self, facts: Facts | None = None) -> None:
         """Say which blocks a freeze run trains, e.g. 'blocks 2-3 of 0-3 (the top 2)'."""
         which = self.query_one("#freeze-which", Static)
         n = self.config.method.freeze.trainable_layers
-        layers = getattr(self.shape, "num_layers", None) if self.shape is not None else None
+        shape = (facts or self.app.draft.facts()).shape
+        layers = shape.num_layers if shape is not None else None
         if not layers:
             which.update("")
             return
@@ -416,13 +388,3 @@ class MethodScreen(SetupScreen):
         side = "top" if n > 0 else "bottom"
         span = f"block {first}" if first == last else f"blocks {first}-{last}"
         which.update(f"trains {span} of {layers} (the {side} {count})")
-
-
-def _read_shape(name: str, trust_remote_code: bool) -> tuple[str, Any, str | None]:
-    from core.resources.shape import load_shape
-
-    try:
-        return name, load_shape(name, trust_remote_code), None
-    except TuneError as exc:
-        return name, None, str(exc)
-

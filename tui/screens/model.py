@@ -5,8 +5,9 @@ cursor (architecture, parameters, layers, ...) and its problems (no tokenizer, u
 """
 from __future__ import annotations
 
-from types import SimpleNamespace
-from typing import Any
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Sequence, Union
 
 from textual import on
 from textual.app import ComposeResult
@@ -15,11 +16,30 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.content import Content
 from textual.widgets import Input, OptionList, Static
 from textual.widgets.option_list import Option
-from textual.worker import Worker, WorkerState
 
 from core.config import RunConfig
 from core.errors import TuneError
+from tui.messages import ModelDescribed, ModelsListed
 from tui.screens.setup_base import SetupScreen, human_bytes, human_count
+
+if TYPE_CHECKING:
+    from core.catalog import ModelEntry, ModelInfo
+
+
+@dataclass(frozen=True)
+class CurrentModel:
+    """The draft's model when the scan did not list it. Not core.catalog.ModelEntry: importing the catalog
+    (huggingface_hub) would delay the first frame."""
+
+    name_or_path: str
+    source: str = "current"
+    size_bytes: int | None = None
+    note: str = ""
+
+
+Entry = Union["ModelEntry", CurrentModel]
+
+log = logging.getLogger(__name__)
 
 
 class ModelList(OptionList):
@@ -43,8 +63,8 @@ class ModelScreen(SetupScreen):
 
     def __init__(self) -> None:
         super().__init__()
-        self.entries: list[Any] = []
-        self.infos: dict[str, Any] = {}
+        self.entries: list[Entry] = []
+        self.infos: dict[str, ModelInfo | str] = {}
         """name -> ModelInfo, or a TuneError message when the model cannot be described."""
         self.shown: str | None = None
         self.scanned = False
@@ -73,23 +93,34 @@ class ModelScreen(SetupScreen):
         self.run_worker(self._scan, name="scan", thread=True, group="model-scan", exclusive=True,
                         exit_on_error=False)
 
-    def _scan(self) -> list[Any]:
-        from core.catalog import list_models, recent_models
+    def _scan(self) -> None:
+        """Thread worker: list the models on this machine."""
+        try:
+            from core.catalog import list_models, recent_models
 
-        return list_models(self.app.models_dir, recent_models())
+            self.post_message(ModelsListed(list(list_models(self.app.models_dir, recent_models()))))
+        except Exception as exc:  # noqa: BLE001 - a bug, not a user error: said in place, the traceback logged
+            log.exception("listing models failed")
+            self.post_message(ModelsListed([], f"Listing models failed: {exc!r}"))
 
-    def _set_options(self, entries: list[Any]) -> None:
+    def on_models_listed(self, message: ModelsListed) -> None:
+        self.scanned = True
+        if message.error:
+            self.query_one("#model-details", Static).update(Content.styled(message.error, "$error"))
+            return
+        self._set_options(message.entries)
+
+    def _set_options(self, entries: Sequence[Entry]) -> None:
         """Show `entries` (the draft's model first when it is not among them) with the draft's model highlighted."""
         current = self.config.model.name_or_path
         self.entries = list(entries)
         if not any(e.name_or_path == current for e in self.entries):
-            # Not core.catalog.ModelEntry: importing the catalog (huggingface_hub) would delay the first frame.
-            self.entries.insert(0, SimpleNamespace(name_or_path=current, source="current", size_bytes=None, note=""))
+            self.entries.insert(0, CurrentModel(current))
         option_list = self.query_one("#model-list", OptionList)
         option_list.set_options(Option(self._option_label(e), id=str(i)) for i, e in enumerate(self.entries))
         option_list.highlighted = next(i for i, e in enumerate(self.entries) if e.name_or_path == current)
 
-    def _option_label(self, entry: Any) -> Content:
+    def _option_label(self, entry: Entry) -> Content:
         mark = "● " if entry.name_or_path == self.config.model.name_or_path else "  "
         size = f" {human_bytes(entry.size_bytes)}" if entry.size_bytes else ""
         return Content.assemble(mark, (entry.name_or_path, "bold"), (f"  {entry.source}{size}", "dim"))
@@ -129,7 +160,7 @@ class ModelScreen(SetupScreen):
             self._set_options(self.entries_without_current())
         return ok
 
-    def entries_without_current(self) -> list[Any]:
+    def entries_without_current(self) -> list[Entry]:
         return [e for e in self.entries if e.source != "current"]
 
     # ------------------------------------------------------------ details
@@ -144,32 +175,23 @@ class ModelScreen(SetupScreen):
         self.call_after_refresh(self.run_worker, lambda: self._describe(name), name="describe", thread=True,
                                 group="model-describe", exclusive=True, exit_on_error=False)
 
-    @staticmethod
-    def _describe(name: str) -> tuple[str, Any]:
-        from core.catalog import describe_model
-
+    def _describe(self, name: str) -> None:
+        """Thread worker: the model's details (or why there are none)."""
         try:
-            return name, describe_model(name)
-        except TuneError as exc:
-            return name, str(exc)
+            from core.catalog import describe_model
 
-    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
-        worker = event.worker
-        if worker.state == WorkerState.SUCCESS:
-            if worker.name == "scan":
-                self.scanned = True
-                self._set_options(worker.result)
-            elif worker.name == "describe":
-                name, info = worker.result
-                self.infos[name] = info
-                if name == self.shown:
-                    self._show_details(name)
-        elif worker.state == WorkerState.ERROR and worker.name in ("scan", "describe"):
-            self.scanned = self.scanned or worker.name == "scan"
-            # A bug, not a user error: say so in place; the traceback is in the log.
-            what = "Listing models" if worker.name == "scan" else "Reading the model"
-            self.query_one("#model-details", Static).update(
-                Content.styled(f"{what} failed: {worker.error!r}", "$error"))
+            info: ModelInfo | str = describe_model(name)
+        except TuneError as exc:
+            info = str(exc)
+        except Exception as exc:  # noqa: BLE001 - a bug, not a user error: said in place, the traceback logged
+            log.exception("describing %s failed", name)
+            info = f"Reading the model failed: {exc!r}"
+        self.post_message(ModelDescribed(name, info))
+
+    def on_model_described(self, message: ModelDescribed) -> None:
+        self.infos[message.name] = message.info
+        if message.name == self.shown:
+            self._show_details(message.name)
 
     def _show_details(self, name: str) -> None:
         info = self.infos[name]

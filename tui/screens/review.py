@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import shlex
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.syntax import Syntax
 from textual import on
@@ -17,12 +17,15 @@ from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.content import Content
 from textual.widgets import Button, Collapsible, Input, Select, Static
-from textual.worker import Worker, WorkerState
 
 from core.config import RunConfig, dump_yaml, load, save, to_dict
 from core.errors import TuneError
-from tui.screens.setup_base import (SetupScreen, get_value, parse_number, planned_free_gib, planned_gib,
-                                    update_if_changed, val_split_warning)
+from tui.draft import Facts, fit_label
+from tui.messages import FactsChanged
+from tui.screens.setup_base import SetupScreen, get_value, parse_number, update_if_changed
+
+if TYPE_CHECKING:
+    from core.resources.gpus import Snapshot
 
 # widget id -> dotted key; numbers are read like YAML values, text fields are kept as typed
 NUMBER_FIELDS = {
@@ -51,7 +54,7 @@ DEFAULT_PRESET = "tunetui-run.yaml"
 DEMO_PRESET = "presets/demo.yaml"
 
 
-def flatten(raw: dict, prefix: str = "") -> dict[str, Any]:
+def flatten(raw: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in raw.items():
         if isinstance(value, dict):
@@ -109,9 +112,6 @@ class ReviewScreen(SetupScreen):
 
     def __init__(self) -> None:
         super().__init__()
-        self.shape: Any = None
-        self.shape_for: str | None = None
-        self.shape_error: str | None = None
         self._bases: dict[str, tuple[int, RunConfig]] = {}
 
     def compose_body(self) -> ComposeResult:
@@ -268,8 +268,6 @@ class ReviewScreen(SetupScreen):
                 if select.value != value:
                     select.value = value
         self._show_config_error()
-        if config.model.name_or_path != self.shape_for:
-            self._load_shape(config.model.name_or_path, config.model.trust_remote_code)
         self._show_summary()
         # Highlighted once into Text: a Syntax renderable would run the lexer again on every repaint.
         yaml_text = Syntax(dump_yaml(config), "yaml", theme="ansi_dark", background_color="default").highlight(
@@ -282,14 +280,13 @@ class ReviewScreen(SetupScreen):
 
     def _show_summary(self) -> None:
         config, box = self.config, self.query_one("#review-summary", Static)
-        t, d, m = config.train, config.data, config.method
-        rows = self.app.dataset_rows
+        facts = self.app.draft.facts()
+        t, d, split = config.train, config.data, facts.split
         if t.max_steps > 0:
             steps = f"{t.max_steps} steps"
-        elif rows:
-            train_rows = rows - (int(d.val_size) if d.val_size >= 1 else round(rows * d.val_size))
-            per_epoch = math.ceil(train_rows / (t.batch_size * t.grad_accum))
-            steps = f"{math.ceil(per_epoch * t.epochs)} steps ({per_epoch}/epoch over {train_rows:,} rows)"
+        elif split.rows and split.train is not None:
+            per_epoch = math.ceil(split.train / (t.batch_size * t.grad_accum))
+            steps = f"{math.ceil(per_epoch * t.epochs)} steps ({per_epoch}/epoch over {split.train:,} rows)"
         else:
             steps = f"{t.epochs:g} epoch(s)"
         lines = [
@@ -298,62 +295,35 @@ class ReviewScreen(SetupScreen):
             Content.assemble(("Data   ", "dim"), d.path or "(none)"),
             Content.assemble(("Train  ", "dim"), f"{steps}, {t.batch_size * t.grad_accum} per step"),
         ]
-        lines.append(self._memory_line(config))
+        lines.append(self._memory_line(facts))
         # The split may have come with another dataset: say so where the run is launched too.
-        advice = val_split_warning(rows, d.val_size) if rows and not d.val_path else None
+        advice = split.warning
         warning = self.query_one("#review-warning", Static)
         update_if_changed(warning, f"{advice} Change it on Data (3)." if advice else "")
         warning.display = bool(advice)
         update_if_changed(box, Content("\n").join(lines))
 
-    def _memory_line(self, config: RunConfig) -> Content:
-        shape = self.shape
-        if shape is None:
-            return Content.assemble(("Memory ", "dim"), (self.shape_error or "estimating…", "dim"))
-        from core.resources.estimate import EstimateSettings, estimate
-        from core.resources.recommend import fit_of
-
-        try:
-            peak = estimate(shape, EstimateSettings.from_config(config)).peak_gib
-        except TuneError as exc:
-            return Content.assemble(("Memory ", "dim"), (str(exc), "$text-error"))
-        free = planned_free_gib(self.app)
-        if free is None:
+    @staticmethod
+    def _memory_line(facts: Facts) -> Content:
+        if facts.shape is None:
+            return Content.assemble(("Memory ", "dim"), (facts.shape_error or "estimating…", "dim"))
+        if facts.error:
+            return Content.assemble(("Memory ", "dim"), (facts.error, "$text-error"))
+        peak = facts.estimates[facts.config.method.kind].peak_gib
+        fit = facts.fit(facts.config.method.kind)
+        if not facts.sampled:
+            verdict = Content.styled("checking the GPU…", "dim")
+        elif fit is None or facts.free_gib is None:
             verdict = Content.styled("no GPU here", "dim")
         else:
-            fit = fit_of(peak, free)
-            word, style = {"fits": ("fits", "$text-success"), "tight": ("tight", "$text-warning"),
-                           "no": ("won't fit", "$text-error")}[fit]
-            where = "planned" if planned_gib(self.app) is not None else "free"
-            verdict = Content.assemble((word, f"bold {style}"), f" in {free:.1f} GiB {where}")
+            where = "planned" if facts.planned else "free"
+            verdict = Content.assemble(fit_label(fit), f" in {facts.free_gib:.1f} GiB {where}")
         return Content.assemble(("Memory ", "dim"), f"~{peak:.1f} GiB peak, ", verdict)
 
-    def _load_shape(self, name: str, trust_remote_code: bool) -> None:
-        self.shape, self.shape_for, self.shape_error = None, name, None
+    def on_facts_changed(self, message: FactsChanged) -> None:
+        self._show_summary()
 
-        def read() -> tuple[str, Any, str | None]:
-            from core.resources.shape import load_shape
-
-            try:
-                return name, load_shape(name, trust_remote_code), None
-            except TuneError as exc:
-                return name, None, str(exc)
-
-        self.run_worker(read, name="shape", thread=True, group="review-shape", exclusive=True, exit_on_error=False)
-
-    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
-        worker = event.worker
-        if worker.name != "shape" or worker.state not in (WorkerState.SUCCESS, WorkerState.ERROR):
-            return
-        if worker.state == WorkerState.ERROR:
-            name, shape, error = self.shape_for, None, f"cannot read the model's shape: {worker.error!r}"
-        else:
-            name, shape, error = worker.result
-        if name == self.config.model.name_or_path:
-            self.shape, self.shape_error = shape, error
-            self._show_summary()
-
-    def snapshot_changed(self, snapshot: Any) -> None:
+    def snapshot_changed(self, snapshot: Snapshot | None) -> None:
         self._show_summary()
 
     def _show_command(self) -> None:

@@ -5,52 +5,32 @@ step rate). GPU read-outs come from `app.snapshot` (the App's sampler), checked 
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
-from textual.screen import Screen
 from textual.widgets import Label, ProgressBar, RichLog, Static
 
+from tui.screens.base import TuneScreen
 from tui.widgets.confirm import ConfirmScreen
-from tui.widgets.footer import KeyFooter
 from tui.widgets.gpu_panel import GpuSummary
 from tui.widgets.loss_chart import LossChart
 from tui.widgets.run_metrics import RunMetrics, phase_strip, progress_numbers, status_text
-from tui.widgets.setup_nav import NavBar, gpu_summary
+
+if TYPE_CHECKING:
+    from tui.app import TuneApp
+    from tui.session import RunState
 
 LEVEL_STYLES = {"DEBUG": "dim", "WARNING": "yellow", "ERROR": "bold red", "CRITICAL": "bold red"}
 REDRAW_SECONDS = 0.1
 
 
-class RunScreen(Screen):
+class RunScreen(TuneScreen):
     """The live view of `app.session`'s run (or its last one)."""
 
-    DEFAULT_CSS = """
-    RunScreen { layout: vertical; overflow: hidden hidden; }
-    RunScreen #run-status { height: 1; padding: 0 1; }
-    RunScreen #run-phases { height: 1; padding: 0 1; }
-    RunScreen #run-progress { height: 1; padding: 0 1; }
-    RunScreen #run-progress-label { width: 28; }
-    RunScreen #run-progress ProgressBar { width: 1fr; }
-    RunScreen #run-progress Bar { width: 1fr; }
-    RunScreen #run-error {
-        height: auto; max-height: 6; padding: 0 1;
-        border: round $error; color: $text; display: none;
-    }
-    RunScreen.-failed #run-error { display: block; }
-    RunScreen #run-middle { height: 2fr; min-height: 7; }
-    RunScreen #run-gpu { padding: 0 1; }
-    RunScreen #run-log {
-        height: 1fr; min-height: 3; border: round $panel-lighten-2; border-title-color: $text-muted; padding: 0 1;
-        scrollbar-size-vertical: 1;
-    }
-    RunScreen #run-idle { height: 1fr; padding: 1 2; display: none; }
-    RunScreen.-idle #run-idle { display: block; }
-    RunScreen.-idle #run-phases, RunScreen.-idle #run-progress, RunScreen.-idle #run-middle,
-    RunScreen.-idle #run-log { display: none; }
-    """
-
+    NAME = "run"
     BINDINGS = [
         Binding("p", "toggle_pause", "Pause/Resume"),
         Binding("s", "stop", "Stop"),
@@ -66,10 +46,8 @@ class RunScreen(Screen):
         self._traceback_for: int | None = None
         self._bindings_for_running: bool | None = None
         self._shown: dict[str, tuple] = {}  # what each text part last showed
-        self._gpu_line: str | None = None
 
-    def compose(self) -> ComposeResult:
-        yield NavBar("run")
+    def compose_body(self) -> ComposeResult:
         yield Static(id="run-status")
         yield Static(id="run-phases")
         with Horizontal(id="run-progress"):
@@ -83,7 +61,6 @@ class RunScreen(Screen):
             yield RunMetrics(id="run-metrics")
         yield GpuSummary(id="run-gpu")
         yield RichLog(id="run-log", max_lines=1000, wrap=True, markup=False, auto_scroll=True, min_width=20)
-        yield KeyFooter()
 
     def on_mount(self) -> None:
         log = self.query_one("#run-log", RichLog)
@@ -112,16 +89,12 @@ class RunScreen(Screen):
         if force or key != self._seen:
             self._seen = key
             self._draw(state)
-        snapshot = getattr(self.app, "snapshot", None)
-        if force or snapshot is not self._seen_snapshot:
+        snapshot = self.app.snapshot
+        if force or snapshot is not self._seen_snapshot:  # (the nav bar hears of new samples from TuneScreen)
             self._seen_snapshot = snapshot
             self.query_one("#run-gpu", GpuSummary).show(snapshot)
-            summary = gpu_summary(snapshot)
-            if force or summary != self._gpu_line:  # the bar's text only changes with the free memory
-                self._gpu_line = summary
-                self.query_one(NavBar).set_snapshot(snapshot)
 
-    def _draw(self, state) -> None:
+    def _draw(self, state: RunState) -> None:
         # Each part is repainted only when what it shows changed, and fixed-size parts without a layout pass:
         # the UI thread shares the GIL with the trainer, so every millisecond spent here is taken from training.
         self.set_class(state.status == "idle", "-idle")
@@ -154,7 +127,7 @@ class RunScreen(Screen):
             self._shown[selector] = key
             self.query_one(selector, Static).update(text, layout=layout)
 
-    def _append_logs(self, state) -> None:
+    def _append_logs(self, state: RunState) -> None:
         log = self.query_one("#run-log", RichLog)
         owner, written = self._logged
         if owner != id(state):
@@ -217,12 +190,12 @@ class RunScreen(Screen):
         self.app.push_screen(question, answered)
 
 
-def _model_and_method(app, state) -> tuple[str, str]:
+def _model_and_method(app: TuneApp, state: RunState) -> tuple[str, str]:
     """From the run's own config (RunStarted) when it has come, else the config the session launched."""
     config = state.config or {}
     if config:
         return (config.get("model", {}).get("name_or_path", ""), config.get("method", {}).get("kind", ""))
-    launched = getattr(app.session, "config", None)
+    launched = app.session.config
     if launched is not None:
         return launched.model.name_or_path, launched.method.kind
     return "", ""

@@ -9,22 +9,25 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from rich.syntax import Syntax
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.message import Message
-from textual.screen import Screen
 from textual.widgets import DataTable, Static
 
+from core import rundir
 from core.errors import TuneError
-from tui.widgets.footer import KeyFooter
+from tui.messages import RunLoaded, RunsListed
+from tui.screens.base import TuneScreen
 from tui.widgets.loss_chart import LossChart
 from tui.widgets.run_metrics import STATUS_STYLES, duration
-from tui.widgets.setup_nav import NavBar
+
+if TYPE_CHECKING:
+    from core.config import RunConfig
+    from core.rundir import RunSummary
 
 COLUMNS = ("run", "status", "step", "loss", "eta", "method", "model", "started")
 LIVE_RELIST_SECONDS = 3.0
@@ -33,31 +36,19 @@ RESUMABLE = ("stopped", "failed", "crashed")
 """Statuses whose latest checkpoint can be resumed."""
 
 
-class RunsListed(Message, bubble=False):
-    def __init__(self, runs: list, error: str | None) -> None:
-        super().__init__()
-        self.runs, self.error = runs, error
-
-
-class RunLoaded(Message, bubble=False):
-    def __init__(self, run_dir: str, state: Any, config_yaml: str | None, error: str | None) -> None:
-        super().__init__()
-        self.run_dir, self.state, self.config_yaml, self.error = run_dir, state, config_yaml, error
-
-
-def started_text(started: Any) -> str:
+def started_text(started: float | str | None) -> str:
     if isinstance(started, (int, float)) and math.isfinite(started):
         return time.strftime("%Y-%m-%d %H:%M", time.localtime(started))
     return str(started or "–")[:16]
 
 
-def step_text(run: Any) -> str:
+def step_text(run: RunSummary) -> str:
     if run.max_steps:
         return f"{run.step}/{run.max_steps}"
     return str(run.step or 0)
 
 
-def status_words(run: Any, here: bool = False) -> str:
+def status_words(run: RunSummary, here: bool = False) -> str:
     """`running here` (this app trains it), `running · pid 4242 · 2 watching` (another process; apps attached to
     it), else the status as it is (finished, stopped, failed, crashed)."""
     if run.status != "running":
@@ -72,23 +63,10 @@ def loss_text(value: float | None) -> str:
     return "–" if value is None else f"{value:.4f}" if math.isfinite(value) else str(value)
 
 
-class RunsScreen(Screen):
+class RunsScreen(TuneScreen):
     """Run history of `app.output_dir`."""
 
-    DEFAULT_CSS = """
-    RunsScreen #runs-title { height: 1; padding: 0 1; }
-    RunsScreen #runs-table { height: auto; max-height: 40%; min-height: 3; }
-    RunsScreen #runs-detail { height: 1fr; min-height: 8; }
-    RunsScreen #runs-left { width: 3fr; }
-    RunsScreen #runs-summary { height: auto; max-height: 4; padding: 0 1; }
-    RunsScreen #runs-config {
-        width: 2fr; max-width: 60; border: round $panel-lighten-2; border-title-color: $text-muted;
-    }
-    RunsScreen #runs-empty { padding: 1 2; color: $text-muted; display: none; }
-    RunsScreen.-empty #runs-empty { display: block; }
-    RunsScreen.-empty #runs-table, RunsScreen.-empty #runs-detail { display: none; }
-    """
-
+    NAME = "runs"
     BINDINGS = [
         Binding("enter", "open", "Open", show=False),
         Binding("r", "resume", "Resume"),
@@ -103,19 +81,18 @@ class RunsScreen(Screen):
 
     def __init__(self, *, name: str | None = None, id: str | None = None, classes: str | None = None) -> None:
         super().__init__(name=name, id=id, classes=classes)
-        self.runs: list = []
-        self.selected: Any = None
+        self.runs: list[RunSummary] = []
+        self.selected: RunSummary | None = None
         self._loaded_dir: str | None = None
         self._seen_status: tuple | None = None
-        self._listing: list | None = None
+        self._listing: list[tuple] | None = None
         self._listed_at = 0.0
         self._live_version = -1
         self.marked: set[str] = set()
         """Run folders marked (space) for the Compare view."""
         self._marks_shown: frozenset | None = None
 
-    def compose(self) -> ComposeResult:
-        yield NavBar("runs")
+    def compose_body(self) -> ComposeResult:
         yield Static(id="runs-title")
         table: DataTable = DataTable(id="runs-table", cursor_type="row", zebra_stripes=True)
         yield table
@@ -126,7 +103,6 @@ class RunsScreen(Screen):
                 yield LossChart(id="runs-chart", empty_message="no losses recorded")
             with VerticalScroll(id="runs-config"):
                 yield Static(id="runs-config-text")
-        yield KeyFooter()
 
     def on_mount(self) -> None:
         self.query_one("#runs-config", VerticalScroll).border_title = "config"
@@ -135,11 +111,7 @@ class RunsScreen(Screen):
         self.set_interval(0.5, self._watch_session)
 
     def on_screen_resume(self) -> None:
-        self.query_one(NavBar).set_snapshot(self.app.snapshot)
         self.action_reload()
-
-    def on_snapshot_taken(self, message: Any) -> None:
-        self.query_one(NavBar).set_snapshot(message.snapshot)
 
     # ------------------------------------------------------------------ listing
 
@@ -151,11 +123,10 @@ class RunsScreen(Screen):
                         exit_on_error=False)
 
     def _list(self, output_dir: str) -> None:
-        runs, error = [], None
+        runs: list[RunSummary] = []
+        error = None
         try:
-            from core.rundir import list_runs
-
-            runs = list(list_runs(output_dir))
+            runs = list(rundir.list_runs(output_dir))
         except TuneError as exc:
             error = str(exc)
         except Exception as exc:  # noqa: BLE001 - shown in place instead of crashing the screen
@@ -182,11 +153,11 @@ class RunsScreen(Screen):
         if session.running and time.monotonic() - self._listed_at > LIVE_RELIST_SECONDS:
             self.action_reload()
 
-    def _is_here(self, run: Any) -> bool:
+    def _is_here(self, run: RunSummary | None) -> bool:
         """The run trains in this app's own process."""
         return self.app.session.owns_process and self.app.session.running and self._is_live(run)
 
-    def _is_live(self, run: Any) -> bool:
+    def _is_live(self, run: RunSummary | None) -> bool:
         """This app's current (or last) run: relative and absolute spellings of the folder are the same run."""
         state = self.app.session.state
         return (run is not None and state.run_dir is not None
@@ -246,7 +217,7 @@ class RunsScreen(Screen):
         if self.selected is not None:
             self._open(self.selected)
 
-    def _open(self, run: Any) -> None:
+    def _open(self, run: RunSummary) -> None:
         """Enter: a running run opens live on the Run view (this app's own, or followed from its folder); any
         other is read again here."""
         if run.status == "running" and self._is_live(run) and self.app.session.running:
@@ -256,7 +227,7 @@ class RunsScreen(Screen):
         else:
             self._select(run, force=True)
 
-    def _select(self, run: Any, force: bool = False) -> None:
+    def _select(self, run: RunSummary, force: bool = False) -> None:
         if run is not self.selected:
             self.selected = run
             self.refresh_bindings()  # Resume is only offered for a run that can be resumed
@@ -265,14 +236,14 @@ class RunsScreen(Screen):
         if force or self._loaded_dir != run_dir:
             if self._loaded_dir != run_dir:
                 chart = self.query_one("#runs-chart", LossChart)
-                chart.empty_message = "reading events.jsonl…"
+                chart.empty_message = f"reading {rundir.EVENTS_FILE}…"
                 chart.set_series([], [])
                 self._live_version = -1
             self._loaded_dir = run_dir
             self.run_worker(lambda: self._load(run_dir), thread=True, group="runs-load", exclusive=True,
                             exit_on_error=False)
 
-    def _show_summary(self, run: Any) -> None:
+    def _show_summary(self, run: RunSummary) -> None:
         text = Text(no_wrap=False)
         text.append(run.run_id, style="bold").append("  ")
         text.append(status_words(run, here=self._is_here(run)), style=STATUS_STYLES.get(run.status, ""))
@@ -296,7 +267,7 @@ class RunsScreen(Screen):
         from tui.session import RunState
 
         state, config_yaml, errors = None, None, []
-        events_path = Path(run_dir) / "events.jsonl"
+        events_path = Path(run_dir) / rundir.EVENTS_FILE
         try:
             from core.events import read_events
 
@@ -305,9 +276,8 @@ class RunsScreen(Screen):
             errors.append(f"Cannot read {events_path}: {exc}")
         try:
             from core.config import dump_yaml
-            from core.rundir import load_run_config
 
-            config_yaml = dump_yaml(load_run_config(run_dir))
+            config_yaml = dump_yaml(rundir.load_run_config(run_dir))
         except TuneError as exc:
             errors.append(str(exc))
         except Exception as exc:  # noqa: BLE001 - shown in place
@@ -330,7 +300,7 @@ class RunsScreen(Screen):
         if message.config_yaml:
             config_view.update(Syntax(message.config_yaml, "yaml", theme="ansi_dark", background_color="default"))
         else:
-            config_view.update(Text(message.error or "no config.yaml", style="red"))
+            config_view.update(Text(message.error or f"no {rundir.CONFIG_FILE}", style="red"))
 
     # ------------------------------------------------------------------ actions
 
@@ -352,12 +322,12 @@ class RunsScreen(Screen):
             return run is not None and run.status == "running" and not self._is_live(run)
         return True
 
-    def _marked_runs(self) -> list:
+    def _marked_runs(self) -> list[RunSummary]:
         """The marked runs still listed, in the list's order."""
         return [run for run in self.runs if str(run.run_dir) in self.marked]
 
     @staticmethod
-    def _can_export(run: Any) -> bool:
+    def _can_export(run: RunSummary | None) -> bool:
         return (run is not None and run.status == "finished" and run.method in ("lora", "qlora")
                 and run.final_dir is not None)
 
@@ -388,6 +358,7 @@ class RunsScreen(Screen):
             return
         from tui.widgets.export_dialog import ExportDialog
 
+        assert run is not None
         self.app.push_screen(ExportDialog(run.run_dir, run.run_id))
 
     def action_chat(self) -> None:
@@ -433,11 +404,9 @@ class RunsScreen(Screen):
             self.app.set_config(config)
             self.app.show("review")
 
-    def _run_config(self, run: Any) -> Any:
+    def _run_config(self, run: RunSummary) -> RunConfig | None:
         try:
-            from core.rundir import load_run_config
-
-            return load_run_config(run.run_dir)
+            return rundir.load_run_config(run.run_dir)
         except TuneError as exc:
             self.notify(str(exc), title="Cannot read the run's config", severity="error", markup=False)
             return None

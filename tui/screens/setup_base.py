@@ -1,13 +1,11 @@
-"""What the four set-up screens share: the nav bar, the footer, Enter to go on, and applying edits to the draft."""
+"""What the four set-up screens share: Enter to go on, Escape to leave a field, applying edits to the draft, and
+redrawing when the draft changes (the nav bar and the footer come from TuneScreen)."""
 from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.events import ScreenResume
-from textual.content import Content
-from textual.screen import Screen
+from textual.events import DescendantBlur, DescendantFocus, ScreenResume
 from textual.widget import Widget
 from textual.widgets import Checkbox, Input, Select, Static
 
@@ -15,20 +13,8 @@ import yaml
 
 from core.config import RunConfig, from_dict, to_dict
 from core.errors import TuneError
-from tui.widgets.footer import KeyFooter
-from tui.widgets.setup_nav import NavBar
-
-
-def update_if_changed(widget: Static, content: Any, *, layout: bool = True) -> None:
-    """Static.update, skipped when the text and styles are what it shows already: the GPU poll redraws every 1.5 s
-    and most of the time nothing it feeds has changed (each update costs a repaint, and a layout pass unless
-    `layout=False` for widgets of fixed size)."""
-    key = (content.plain, tuple(content.spans)) if isinstance(content, Content) else content
-    if getattr(widget, "_tunetui_shown", None) == key:
-        return
-    widget._tunetui_shown = key
-    widget.update(content, layout=layout)
-
+from tui.messages import ConfigChanged
+from tui.screens.base import TuneScreen, update_if_changed
 
 def with_values(config: RunConfig, values: dict[str, Any]) -> RunConfig:
     """A new, validated config with dotted keys set to Python values (TuneError names the key when wrong)."""
@@ -50,7 +36,7 @@ def get_value(config: RunConfig, dotted: str) -> Any:
     return node
 
 
-def parse_number(text: str) -> Any:
+def parse_number(text: str) -> int | float | str | None:
     """What the user typed in a numeric field, read like a YAML value ("8" -> 8, "2e-4" stays for the config to
     read as a float, "abc" stays a string so the config names the key in its error)."""
     text = text.strip()
@@ -61,10 +47,9 @@ def parse_number(text: str) -> Any:
     return value if isinstance(value, (int, float, str)) or value is None else text
 
 
-class SetupScreen(Screen):
+class SetupScreen(TuneScreen):
     """A set-up screen. Subclasses set NAME, write compose_body(), and redraw in show_config()."""
 
-    NAME: ClassVar[str] = ""
     BINDINGS = [Binding("enter", "next", "Next"), Binding("escape", "leave_field", "Leave field")]
     SUBMIT_KEEPS: ClassVar[tuple[str, ...]] = ()
     """Ids of inputs whose Enter does something of its own (open a typed path): it does not also move on."""
@@ -74,14 +59,6 @@ class SetupScreen(Screen):
         self._own_config: RunConfig | None = None
         self._shown_config: RunConfig | None = None
         self._field_errors: dict[int, dict[int, str]] = {}
-
-    def compose(self) -> ComposeResult:
-        yield NavBar(self.NAME)
-        yield from self.compose_body()
-        yield KeyFooter()
-
-    def compose_body(self) -> ComposeResult:
-        raise NotImplementedError
 
     @property
     def config(self) -> RunConfig:
@@ -100,17 +77,12 @@ class SetupScreen(Screen):
         event.refresh_styles = False
         # Textual calls only one of `_on_screen_resume` / `on_screen_resume` defined in the same class (the
         # underscore one), so the redraw lives here too: a draft changed while the screen was hidden (another
-        # model picked on Model) must show when it comes back.
-        self.query_one(NavBar).set_snapshot(self.app.snapshot)
-        self.snapshot_changed(self.app.snapshot)
+        # model picked on Model) must show when it comes back. (TuneScreen's handler, called next, brings the
+        # nav bar and snapshot_changed up to date.)
         if self._shown_config is not self.app.config:
             self._show(self.app.config, from_self=False)
 
-    def on_snapshot_taken(self, message: Any) -> None:
-        self.query_one(NavBar).set_snapshot(message.snapshot)
-        self.snapshot_changed(message.snapshot)
-
-    def on_config_changed(self, message: Any) -> None:
+    def on_config_changed(self, message: ConfigChanged) -> None:
         if not self.is_current:
             return  # hidden: on_screen_resume redraws if the draft changed meanwhile (keeps key presses cheap)
         if message.config is not self.app.config:
@@ -126,9 +98,6 @@ class SetupScreen(Screen):
     def show_config(self, config: RunConfig, from_self: bool) -> None:
         """Redraw from `config`. `from_self`: this screen made the change, so leave its form fields alone
         (rewriting an Input the user is typing in would move their cursor)."""
-
-    def snapshot_changed(self, snapshot: Any) -> None:
-        """A new GPU/host sample (or the latest one, when the screen comes back)."""
 
     # ------------------------------------------------------------ editing the draft
 
@@ -151,7 +120,7 @@ class SetupScreen(Screen):
         self._show_errors(error, errors, None)
         if new != self.app.config:  # programmatic widget updates echo back unchanged values: no churn
             self._own_config = new
-            if getattr(self.app, "config_error", None):
+            if self.app.config_error:
                 # The config file named on the command line failed and the demo stood in: an edit makes this
                 # draft the user's own, so the failure stops blocking Launch (Review drops its banner).
                 self.app.config_error = None
@@ -164,7 +133,7 @@ class SetupScreen(Screen):
         self._show_errors(error, {}, None)
 
     @staticmethod
-    def _show_errors(error: Static | None, errors: dict, latest: str | None) -> None:
+    def _show_errors(error: Static | None, errors: dict[int, str], latest: str | None) -> None:
         if error is None:
             return
         message = latest or next(iter(errors.values()), "")
@@ -185,60 +154,18 @@ class SetupScreen(Screen):
         """Escape: give the keys back to the screen (digits switch screens, Enter goes on)."""
         self.set_focus(None)
 
-    def on_input_submitted(self, event: Any) -> None:
+    def on_input_submitted(self, event: Input.Submitted) -> None:
         # Enter in a form field keeps what was typed (fields apply as they change) and goes on, as it does
         # anywhere else on the set-up screens.
         if event.input.id not in self.SUBMIT_KEEPS:
             self.set_focus(None)
             self.action_next()
 
-    def on_descendant_focus(self, event: Any) -> None:
+    def on_descendant_focus(self, event: DescendantFocus) -> None:
         self.refresh_bindings()  # show or hide "esc Leave field"
 
-    def on_descendant_blur(self, event: Any) -> None:
+    def on_descendant_blur(self, event: DescendantBlur) -> None:
         self.refresh_bindings()
-
-
-def planned_gib(app: Any) -> float | None:
-    """The GiB per GPU the user plans for on the Method screen (a GPU they don't have here), or None: this
-    machine. Kept on the app, not in the run config: it moves fit words and the recommendation, never the run."""
-    return getattr(app, "plan_vram_gib", None)
-
-
-def planned_free_gib(app: Any) -> float | None:
-    """Free GPU memory to judge fit against: the planned GiB, else this machine's first GPU (None: no GPU or not
-    sampled yet)."""
-    plan = planned_gib(app)
-    if plan is not None:
-        return plan
-    snapshot = getattr(app, "snapshot", None)
-    return snapshot.free_gib() if snapshot is not None else None
-
-
-MIN_TRAIN_ROWS = 8
-"""Fewer training rows than this left after the validation split: say so."""
-MAX_VAL_SHARE = 0.2
-"""A validation split above this share of the rows: say so."""
-
-
-def val_split_warning(rows: int, val_size: float) -> str | None:
-    """What is wrong with taking `val_size` (a share < 1 or a row count) of `rows` for validation, with a value that
-    fits (a split carried over from another dataset can leave next to nothing to train on); None when it's fine."""
-    if not val_size or rows <= 0:
-        return None
-    count = int(val_size) if val_size >= 1 else round(rows * val_size)
-    if not _val_split_bad(rows, count):
-        return None
-    suggested = round(rows * 0.1)
-    fix = (f"Try {suggested} (10%), or 0 for no validation." if suggested >= 1 and not _val_split_bad(rows, suggested)
-           else "Use 0 (no validation): there are too few rows to split.")
-    left = rows - count
-    trains = "nothing" if left <= 0 else f"only {left:,}"
-    return f"⚠ Val split {val_size:g} takes {min(count, rows):,} of {rows:,} rows and leaves {trains} to train. {fix}"
-
-
-def _val_split_bad(rows: int, count: int) -> bool:
-    return count / rows > MAX_VAL_SHARE or rows - count < MIN_TRAIN_ROWS
 
 
 def human_count(n: int | None) -> str:
@@ -260,3 +187,7 @@ def human_bytes(n: int | None) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     return f"{value:.1f} TiB"
+
+
+__all__ = ["SetupScreen", "update_if_changed", "with_values", "get_value", "parse_number", "human_count",
+           "human_bytes"]

@@ -6,6 +6,7 @@ from typing import Any
 
 from textual.app import ComposeResult
 from textual.binding import Binding
+from textual.events import Key
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Static
@@ -40,7 +41,7 @@ class ConfirmScreen(ModalScreen[Any]):
     def on_mount(self) -> None:
         self.query_one(f"#choice-{len(self.choices) - 1}", Button).focus()  # the harmless answer
 
-    def on_key(self, event: Any) -> None:
+    def on_key(self, event: Key) -> None:
         for key, _label, value, _variant in self.choices:
             if event.key == key:
                 event.stop()

@@ -12,26 +12,14 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.message import Message
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, ProgressBar, Static
 
+from tui.messages import ExportEnded, ExportProgress
 from tui.screens.setup_base import human_bytes
 
 MERGED_FOLDER = "merged"
 """The default target: a folder inside the run's own folder, so the merged model stays with its run."""
-
-
-class ExportProgress(Message, bubble=False):
-    def __init__(self, text: str) -> None:
-        super().__init__()
-        self.text = text
-
-
-class ExportEnded(Message, bubble=False):
-    def __init__(self, path: str | None, size_bytes: int | None, error: str | None) -> None:
-        super().__init__()
-        self.path, self.size_bytes, self.error = path, size_bytes, error
 
 
 def folder_bytes(folder: Path) -> int:
@@ -153,4 +141,4 @@ class ExportDialog(ModalScreen["str | None"]):
         self.dismiss(self.written)
 
 
-__all__ = ["ExportDialog", "ExportProgress", "ExportEnded", "folder_bytes", "MERGED_FOLDER"]
+__all__ = ["ExportDialog", "folder_bytes", "MERGED_FOLDER"]

@@ -7,12 +7,16 @@ the GPU's total (or 100 %) the ceiling, and the newest sample is at the right ed
 from __future__ import annotations
 
 import itertools
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import Static
+
+if TYPE_CHECKING:
+    from core.resources.gpus import GpuSample, Snapshot
+    from core.resources.host import HostSample
 
 _BLOCKS = " ▁▂▃▄▅▆▇█"
 _EIGHTHS = " ▏▎▍▌▋▊▉"
@@ -66,7 +70,7 @@ def history_line(values: Sequence[float | None], top: float | None, width: int, 
     return text
 
 
-def host_line(host: Any) -> Text:
+def host_line(host: HostSample | None) -> Text:
     """`CPU 35% of 16 · RAM 5.2/62.8 GiB · this app 0.4 GiB`."""
     text = Text()
     if host is None:
@@ -80,7 +84,7 @@ def host_line(host: Any) -> Text:
     return text
 
 
-def gpu_line(gpu: Any, bar_width: int = 12) -> Text:
+def gpu_line(gpu: GpuSample, bar_width: int = 12) -> Text:
     """`GPU0 NVIDIA H100 ▕████   ▏ 12.3/80.0 GiB  util 45%`."""
     text = Text(no_wrap=True, overflow="ellipsis")
     text.append(f"GPU{gpu.index} ", style="bold")
@@ -91,7 +95,7 @@ def gpu_line(gpu: Any, bar_width: int = 12) -> Text:
     return text
 
 
-def no_gpu_text(snapshot: Any) -> str:
+def no_gpu_text(snapshot: Snapshot | None) -> str:
     status = str(getattr(snapshot, "gpu_status", "") or "") if snapshot is not None else ""
     if not status or status == "ok":
         return "No NVIDIA GPU found"
@@ -110,7 +114,7 @@ class GpuSummary(Static):
 
     _lines = 0
 
-    def show(self, snapshot: Any, max_gpus: int = 2) -> None:
+    def show(self, snapshot: Snapshot | None, max_gpus: int = 2) -> None:
         if snapshot is None:
             self.update(Text("GPU: sampling…", style="dim"))
             return
@@ -128,7 +132,7 @@ class GpuSummary(Static):
         self._lines = len(lines)
 
 
-def _run_gpus(snapshot: Any) -> Sequence[Any]:
+def _run_gpus(snapshot: Snapshot) -> Sequence[GpuSample]:
     """The GPUs a run would use (CUDA_VISIBLE_DEVICES respected by the sampler), else all of them."""
     run_gpus = getattr(snapshot, "run_gpus", None)
     gpus = run_gpus() if callable(run_gpus) else None
@@ -165,7 +169,7 @@ class GpuCard(Vertical):
         if self._pending is not None:
             self.call_after_refresh(lambda: self.show(*self._pending))
 
-    def show(self, gpu: Any, memory_history: Sequence[float | None], util_history: Sequence[float | None],
+    def show(self, gpu: GpuSample, memory_history: Sequence[float | None], util_history: Sequence[float | None],
              in_run: bool) -> None:
         self._pending = (gpu, memory_history, util_history, in_run)
         if not self.query("#gpu-now"):

@@ -1,13 +1,19 @@
 """The one-line bar at the top of every screen: the numbered screens (current one lit) and free GPU memory."""
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
+from textual import getters
 from textual.content import Content
 from textual.widgets import Static
 
+from tui.app import SCREENS, TuneApp
 
-def gpu_summary(snapshot: Any) -> str:
+if TYPE_CHECKING:
+    from core.resources.gpus import Snapshot
+
+
+def gpu_summary(snapshot: Snapshot | None) -> str:
     """Free memory of the GPUs a run would use, in a few words (or why there is none)."""
     if snapshot is None:
         return "GPU: checking…"
@@ -34,23 +40,23 @@ class NavBar(Static):
     NavBar { height: 1; width: 1fr; background: $panel; color: $text-muted; }
     """
 
-    def __init__(self, current: str, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    app = getters.app(TuneApp)
+
+    def __init__(self, current: str, *, id: str | None = None, classes: str | None = None) -> None:
+        super().__init__(id=id, classes=classes)
         self.current = current
-        self.snapshot: Any = None
+        self.snapshot: Snapshot | None = None
         self._shown: tuple | None = None
 
     def on_mount(self) -> None:
-        self.snapshot = getattr(self.app, "snapshot", None)
+        self.snapshot = self.app.snapshot
         self.refresh_bar()
 
-    def set_snapshot(self, snapshot: Any) -> None:
+    def set_snapshot(self, snapshot: Snapshot | None) -> None:
         self.snapshot = snapshot
         self.refresh_bar()
 
     def refresh_bar(self) -> None:
-        from tui.app import SCREENS
-
         parts: list[Content] = []  # the set-up steps, then the run-time screens
         for i, (name, (_m, _c, title)) in enumerate(SCREENS.items(), start=1):
             style = "bold reverse $accent" if name == self.current else ""
