@@ -36,6 +36,7 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.timer import Timer
 
+from core import methods
 from core.config import DataSpec, LoraSpec, MethodSpec, OutputSpec, RunConfig, TrainSpec, load
 from core.errors import TuneError
 from tui.draft import Draft
@@ -75,7 +76,7 @@ def default_config(output_dir: str | None = None) -> RunConfig:
     identity demo data with LoRA; seconds on a CPU). Written out here because an installed app has no presets
     folder; a test keeps the two equal."""
     config = RunConfig(
-        method=MethodSpec(kind="lora", lora=LoraSpec(r=16, alpha=32, dropout=0.0)),
+        method=MethodSpec(kind=methods.LORA.name, lora=LoraSpec(r=16, alpha=32, dropout=0.0)),
         data=DataSpec(path=DEMO_DATA, max_length=128, val_size=3),
         train=TrainSpec(max_steps=150, batch_size=8, lr=1e-2, seed=1, warmup_ratio=0.05, eval_steps=30,
                         save_steps=50),

@@ -299,7 +299,7 @@ def activation_bytes_per_token(shape: ModelShape, s: EstimateSettings) -> dict[s
             lora += ab * lin.in_features + ab * s.lora_r
             if s.lora_dropout > 0:
                 lora += 1.0 * lin.in_features
-    return {"layer": layer, "checkpoint": sb * h, "lora": lora, "outside": (4 + ab + sb) * h}
+    return {"layer": layer, "checkpoint": sb * h, "adapters": lora, "outside": (4 + ab + sb) * h}
 
 
 def _resolve_strategy(s: EstimateSettings, ddp_peak: float) -> str:
@@ -364,7 +364,7 @@ def estimate(shape: ModelShape, settings: EstimateSettings) -> Estimate:
     per = activation_bytes_per_token(shape, s)
     active = method.backward_blocks(L, s)
     _, sb = _dtype_bytes(s)
-    one_block = tokens * (per["layer"] + per["lora"])
+    one_block = tokens * (per["layer"] + per["adapters"])
     # Lg: logits and cross-entropy buffers (LOSS_BYTES_PER_VOCAB); chunked losses keep about one half-precision
     # logits row per token.
     if s.task == "classification":
@@ -386,7 +386,7 @@ def estimate(shape: ModelShape, settings: EstimateSettings) -> Estimate:
         transient_peak = kept + max(logits, one_block + grad_work)
     else:
         # Every block's saved tensors are live when backward starts.
-        activations = tokens * (active * (per["layer"] + per["lora"]) + per["outside"])
+        activations = tokens * (active * (per["layer"] + per["adapters"]) + per["outside"])
         transient_peak = activations + max(logits, grad_work)
     if logits > max(activations, 1):
         notes.append(f"The logits for a {shape.vocab_size:,}-token vocabulary ({logits / GIB:.1f} GiB) are "

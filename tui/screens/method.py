@@ -18,6 +18,7 @@ from textual.content import Content
 from textual.events import Click
 from textual.widgets import Checkbox, Input, Select, SelectionList, Static
 
+from core import methods
 from core.config import METHODS, RunConfig
 from tui.draft import Facts, fit_label
 from tui.messages import FactsChanged
@@ -30,14 +31,6 @@ if TYPE_CHECKING:
     from core.resources.gpus import Snapshot
     from core.resources.recommend import Recommendation
 
-TITLES = {"full": "Full", "freeze": "Freeze", "lora": "LoRA", "qlora": "QLoRA"}
-# Three short lines at 80 columns, one when wide.
-TRADE_OFFS = {
-    "full": "Every weight trains; most memory.",
-    "freeze": "Top blocks train; cheap, for small data.",
-    "lora": "Adapters on a frozen base; the default.",
-    "qlora": "LoRA on a 4-bit base; least memory.",
-}
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 OPTIMS = (("AdamW (32-bit)", "adamw"), ("AdamW 8-bit", "adamw8bit"), ("Paged AdamW 8-bit", "paged_adamw8bit"))
 
@@ -69,7 +62,7 @@ class MethodCard(Static):
     def __init__(self, method: str) -> None:
         super().__init__(id=f"card-{method}", classes="method-card")
         self.method = method
-        self.border_title = TITLES[method]
+        self.border_title = methods.get(method).title
 
     def on_click(self, event: Click) -> None:
         screen = self.screen
@@ -123,9 +116,9 @@ class MethodScreen(SetupScreen):
         return get_value(self.app.config, CHOICE_FIELDS[wid])
 
     def _compose_settings(self) -> ComposeResult:
-        with Vertical(id="group-full", classes="method-group"):
+        with Vertical(id="group-full", classes="method-group method-options"):
             yield Static("All weights train. If it does not fit, turn on the memory savers below.", classes="hint")
-        with Vertical(id="group-freeze", classes="method-group"):
+        with Vertical(id="group-freeze", classes="method-group method-options"):
             with Horizontal(classes="form-row"):
                 yield Static("Trainable layers", classes="label")
                 yield Input(id="freeze-layers", compact=True, classes="number")
@@ -134,7 +127,7 @@ class MethodScreen(SetupScreen):
                 yield Static("Also train", classes="label")
                 for name in FREEZE_EXTRAS:
                     yield Tick(name, id=f"freeze-extra-{name}", compact=True)
-        with Vertical(id="group-quant", classes="method-group"):
+        with Vertical(id="group-quant", classes="method-group method-options"):
             with Horizontal(classes="form-row"):
                 yield Static("Base weights", classes="label")
                 yield Select([("4-bit", 4), ("8-bit", 8)], id="quant-bits",
@@ -146,7 +139,7 @@ class MethodScreen(SetupScreen):
                 yield Static("Compute dtype", classes="label")
                 yield Select([(d, d) for d in DTYPES], id="quant-compute",
                              value=self._draft("quant-compute"), allow_blank=False, compact=True)
-        with Vertical(id="group-lora", classes="method-group"):
+        with Vertical(id="group-lora", classes="method-group method-options"):
             with Horizontal(classes="form-row"):
                 yield Static("Rank", classes="label")
                 yield Input(id="lora-r", compact=True, classes="number")
@@ -246,10 +239,9 @@ class MethodScreen(SetupScreen):
         kind = config.method.kind
         for method in METHODS:
             self.query_one(f"#card-{method}").set_class(method == kind, "-selected")
-        self.query_one("#group-full").display = kind == "full"
-        self.query_one("#group-freeze").display = kind == "freeze"
-        self.query_one("#group-lora").display = kind in ("lora", "qlora")
-        self.query_one("#group-quant").display = kind == "qlora"
+        groups = {f"group-{name}" for name in methods.get(kind).option_groups}
+        for group in self.query(".method-options"):
+            group.display = group.id in groups
         if not from_self:
             self._fill_form(config)
         self._show_freeze_which()
@@ -325,14 +317,14 @@ class MethodScreen(SetupScreen):
             update_if_changed(reason, "Checking this machine's GPUs…")
         else:
             where = f" for a {facts.free_gib:g} GiB GPU" if facts.planned else ""
-            update_if_changed(reason, f"★ Recommended{where}: {TITLES[rec.method]}. {rec.reason}")
+            update_if_changed(reason, f"★ Recommended{where}: {methods.get(rec.method).title}. {rec.reason}")
         self._show_suggestions(rec)
         self._show_breakdown(facts.estimates.get(self.config.method.kind))
 
     def _show_card(self, method: str, estimate: Estimate | None, rec: Recommendation | None) -> None:
         card = self.query_one(f"#card-{method}", MethodCard)
         star = rec is not None and rec.method == method
-        card.border_title = TITLES[method] + (" ★" if star else "")
+        card.border_title = methods.get(method).title + (" ★" if star else "")
         card.set_class(star, "-recommended")
         # Numbers first, so they line up across the cards whatever the width does to the trade-off line.
         lines: list[Content] = []
@@ -344,7 +336,7 @@ class MethodScreen(SetupScreen):
                 lines.append(Content.styled("checking GPU…", "dim"))
             else:  # without a GPU the verdict is about training on this CPU
                 lines.append(fit_label(rec.fit.get(method, "?"), no_gpu=rec.no_gpu))
-        lines.append(Content.styled(TRADE_OFFS[method], "dim"))
+        lines.append(Content.styled(methods.get(method).blurb, "dim"))
         update_if_changed(card, Content("\n").join(lines), layout=False)  # cards have a fixed size
 
     def _show_breakdown(self, e: Estimate | None) -> None:
@@ -356,7 +348,7 @@ class MethodScreen(SetupScreen):
         t, d = self.config.train, self.config.data
         rows = [("weights", e.weights_gib), ("grads + optimizer", e.trainable_state_gib),
                 ("activations", e.activations_gib), ("logits + loss", e.logits_gib), ("overhead", e.overhead_gib)]
-        lines = [Content.styled(f"{TITLES[e.method]}, batch {t.batch_size} × {d.max_length} tokens", "bold"), Content("")]
+        lines = [Content.styled(f"{methods.get(e.method).title}, batch {t.batch_size} × {d.max_length} tokens", "bold"), Content("")]
         lines += [Content.assemble((f"{label:<18}", "dim"), f"{gib:6.2f} GiB") for label, gib in rows]
         lines.append(Content.assemble((f"{'peak':<18}", "bold"), (f"{e.peak_gib:6.2f} GiB", "bold")))
         share = e.trainable_params / e.total_params if e.total_params else 0.0
@@ -370,7 +362,7 @@ class MethodScreen(SetupScreen):
         lines = []
         for s in (rec.suggestions if rec is not None else ())[:4]:
             verdict = "fits" if s.fits else "still too big"
-            lines.append(f"{TITLES.get(s.method, s.method)} with {s.change}: {s.peak_gib:.1f} GiB ({verdict})")
+            lines.append(f"{methods.get(s.method).title} with {s.change}: {s.peak_gib:.1f} GiB ({verdict})")
         update_if_changed(box, "\n".join(lines))
         box.display = bool(lines)
 

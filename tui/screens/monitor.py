@@ -17,6 +17,7 @@ from textual.containers import VerticalScroll
 from textual.content import Content
 from textual.widgets import Static
 
+from core import methods
 from tui.draft import fit_label
 from tui.messages import FactsChanged
 from tui.screens.base import TuneScreen, update_if_changed
@@ -146,7 +147,6 @@ class MonitorScreen(TuneScreen):
         update_if_changed(box, advice_text(facts.config, facts.recommendation, facts.shape_error or facts.error))
 
 
-METHOD_NAMES = {"full": "Full", "freeze": "Freeze", "lora": "LoRA", "qlora": "QLoRA"}
 
 
 def advice_text(config: RunConfig, advice: Recommendation | None, error: str | None) -> Content:
@@ -157,17 +157,17 @@ def advice_text(config: RunConfig, advice: Recommendation | None, error: str | N
         return Content.styled("estimating…", "dim")
     chosen = config.method.kind
     parts: list[Content | tuple[str, str] | str] = [
-        ("Recommended: ", "bold"), (METHOD_NAMES.get(advice.method, advice.method), "bold ansi_green"),
+        ("Recommended: ", "bold"), (methods.get(advice.method).title, "bold ansi_green"),
         f" — {advice.reason}\n", ("peak GiB:", "dim")]
     for method, estimate in advice.estimates.items():
         fit = advice.fit.get(method)
         parts.append("  ▸" if method == chosen else "   ")
-        parts.append((f"{METHOD_NAMES.get(method, method)} ", "bold" if method == chosen else ""))
+        parts.append((f"{methods.get(method).title} ", "bold" if method == chosen else ""))
         parts.append(f"{estimate.peak_gib:.1f}")
         if fit and not advice.no_gpu:
             parts += [" ", fit_label(fit)]
     for suggestion in list(advice.suggestions or ())[:3]:
-        name = METHOD_NAMES.get(suggestion.method, suggestion.method)
+        name = methods.get(suggestion.method).title
         verdict = "" if suggestion.fits else " (still too much)"
         parts.append((f"\nTo fit {name}: {suggestion.change} → {suggestion.peak_gib:.1f} GiB{verdict}", "dim"))
     return Content.assemble(*parts)
@@ -176,4 +176,4 @@ def advice_text(config: RunConfig, advice: Recommendation | None, error: str | N
 def advice_title(config: RunConfig, advice: Recommendation | None, *, planned: bool = False) -> str:
     free = ("" if advice is None or advice.no_gpu or advice.free_gib is None else
             f" · {advice.free_gib:.1f} GiB {'planned' if planned else 'free'}")
-    return f"which method · {config.model.name_or_path} · selected {METHOD_NAMES.get(config.method.kind)}{free}"
+    return f"which method · {config.model.name_or_path} · selected {methods.get(config.method.kind).title}{free}"

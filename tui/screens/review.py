@@ -18,6 +18,7 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.content import Content
 from textual.widgets import Button, Collapsible, Input, Select, Static
 
+from core import methods
 from core.config import RunConfig, dump_yaml, load, save, to_dict
 from core.errors import TuneError
 from tui.draft import Facts, fit_label
@@ -73,19 +74,6 @@ def set_value(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(set_value(v) for v in value) + "]"
     return str(value)
-
-
-def _method_words(config: RunConfig) -> str:
-    m = config.method
-    lora = f"r={m.lora.r}, alpha={m.lora.alpha}, " + (
-        "all-linear" if m.lora.target_modules == "all-linear" else ", ".join(m.lora.target_modules))
-    return {
-        "full": "Full (every weight trains)",
-        "freeze": f"Freeze ({'top' if m.freeze.trainable_layers > 0 else 'bottom'} "
-                  f"{abs(m.freeze.trainable_layers)} blocks train)",
-        "lora": f"LoRA ({lora})",
-        "qlora": f"QLoRA ({m.quant.bits}-bit {m.quant.type if m.quant.bits == 4 else 'int8'}, {lora})",
-    }[m.kind]
 
 
 def train_command(config: RunConfig, base_path: str, base: RunConfig) -> str:
@@ -291,7 +279,7 @@ class ReviewScreen(SetupScreen):
             steps = f"{t.epochs:g} epoch(s)"
         lines = [
             Content.assemble(("Model  ", "dim"), config.model.name_or_path),
-            Content.assemble(("Method ", "dim"), _method_words(config)),
+            Content.assemble(("Method ", "dim"), methods.get(config.method.kind).describe(config.method)),
             Content.assemble(("Data   ", "dim"), d.path or "(none)"),
             Content.assemble(("Train  ", "dim"), f"{steps}, {t.batch_size * t.grad_accum} per step"),
         ]

@@ -18,7 +18,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import DataTable, Static
 
-from core import rundir
+from core import methods, rundir
 from core.errors import TuneError
 from tui.messages import RunLoaded, RunsListed
 from tui.screens.base import TuneScreen
@@ -328,7 +328,7 @@ class RunsScreen(TuneScreen):
 
     @staticmethod
     def _can_export(run: RunSummary | None) -> bool:
-        return (run is not None and run.status == "finished" and run.method in ("lora", "qlora")
+        return (run is not None and run.status == "finished" and methods.get(run.method).adapter
                 and run.final_dir is not None)
 
     def action_toggle_mark(self) -> None:
