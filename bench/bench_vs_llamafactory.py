@@ -12,6 +12,7 @@ Runs alternate (tunetui, LLaMA-Factory, tunetui, ...) for --rounds rounds; media
   from the Trainer's on_train_begin), LLaMA-Factory's train_runtime (HF Trainer, all_results.json);
 - wall: the whole command, process start to exit;
 - fixed: wall - loop, the cost outside the loop (imports, data, model load, Trainer set-up, final save);
+- cpu: the whole command's CPU time (user + system), which other load on a shared machine moves less than wall;
 - ratios tunetui / LLaMA-Factory (below 1: tunetui is faster).
 
 LLaMA-Factory lives in its own virtual environment, outside the project:
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -98,15 +100,19 @@ def lf_config(method: str, model: Path, dataset_dir: Path, out: Path, steps: int
     return config
 
 
-def timed(cmd: list[str], env: dict, log: Path) -> float:
+def timed(cmd: list[str], env: dict, log: Path) -> tuple[float, float]:
+    """(wall seconds, CPU seconds: the command's user + system time, which other work on the machine moves less)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     with log.open("w") as fh:
         code = subprocess.run(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, cwd=log.parent).returncode
     wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if code != 0:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
         raise RunError(f"{cmd[-2]} {cmd[-1]} failed with exit code {code}; the end of its output:\n{tail}")
-    return wall
+    return wall, cpu
 
 
 class RunError(Exception):
@@ -120,15 +126,15 @@ def run_tunetui(method: str, work: Path, model: Path, data: Path, steps: int, en
     path = folder / "config.yaml"
     path.write_text(yaml.safe_dump(tunetui_config(method, model, data, folder / "runs", steps)))
     env = {**env, "TUNETUI_CACHE": str(folder / "cache")}  # cold: tokenized here, not read from an earlier run
-    wall = timed([sys.executable, "-m", "tui.cli", "train", str(path)], {**env, "PYTHONPATH": str(ROOT)},
+    wall, cpu = timed([sys.executable, "-m", "tui.cli", "train", str(path)], {**env, "PYTHONPATH": str(ROOT)},
                  folder / "log.txt")
     events = [json.loads(line) for line in next((folder / "runs").rglob("events.jsonl")).read_text().splitlines()]
     steps_done = [e for e in events if e.get("event") == "StepEnded"]
     last = steps_done[-1]
     tokens = sum((e.get("tokens_per_second") or 0) * (e.get("step_seconds") or 0) for e in steps_done)
     shutil.rmtree(folder, ignore_errors=True)
-    return {"loop": last["elapsed_seconds"], "wall": wall, "loss": last.get("loss"), "tokens": round(tokens),
-            "steps": last["step"]}
+    return {"loop": last["elapsed_seconds"], "wall": wall, "cpu": cpu, "loss": last.get("loss"),
+            "tokens": round(tokens), "steps": last["step"]}
 
 
 def run_lf(method: str, work: Path, model: Path, dataset_dir: Path, steps: int, env: dict, lf_cli: list[str]) -> dict:
@@ -138,12 +144,12 @@ def run_lf(method: str, work: Path, model: Path, dataset_dir: Path, steps: int, 
     path = folder / "config.yaml"
     path.write_text(yaml.safe_dump(lf_config(method, model, dataset_dir, folder / "out", steps)))
     env = {**env, "HF_DATASETS_CACHE": str(folder / "cache")}  # cold, as for tunetui
-    wall = timed([*lf_cli, "train", str(path)], env, folder / "log.txt")
+    wall, cpu = timed([*lf_cli, "train", str(path)], env, folder / "log.txt")
     results = json.loads((folder / "out" / "all_results.json").read_text())
     history = json.loads((folder / "out" / "trainer_state.json").read_text())["log_history"]
     steps_logged = [h for h in history if "loss" in h]
     shutil.rmtree(folder, ignore_errors=True)
-    return {"loop": results["train_runtime"], "wall": wall, "loss": steps_logged[-1]["loss"],
+    return {"loop": results["train_runtime"], "wall": wall, "cpu": cpu, "loss": steps_logged[-1]["loss"],
             "tokens": history[-1].get("num_input_tokens_seen"), "steps": history[-1].get("step")}
 
 
@@ -216,20 +222,21 @@ def main() -> int:
                 loads.append(load_text())
                 print(f"round {r + 1} {method:6} tunetui loop {tt['loop']:6.2f} s wall {tt['wall']:6.2f} s "
                       f"(loss {tt['loss']:.3f}, {tt['tokens']} tokens) | LLaMA-Factory loop {lf['loop']:6.2f} s "
-                      f"wall {lf['wall']:6.2f} s (loss {lf['loss']:.3f}, {lf['tokens']} tokens) | load {loads[-1]}",
+                      f"wall {lf['wall']:6.2f} s cpu {lf['cpu']:6.2f} s (loss {lf['loss']:.3f}, {lf['tokens']} tokens)"
+                      f" | load {loads[-1]}",
                       flush=True)
 
     med = statistics.median
     print(f"\nmedians of {args.rounds} rounds (seconds); ratio = tunetui / LLaMA-Factory; load averages seen: "
           f"{min(loads)}-{max(loads)}")
     print(f"{'method':7} {'loop tt':>8} {'loop LF':>8} {'ratio':>6}  {'wall tt':>8} {'wall LF':>8} {'ratio':>6}  "
-          f"{'fixed tt':>8} {'fixed LF':>8} {'ratio':>6}")
+          f"{'fixed tt':>8} {'fixed LF':>8} {'ratio':>6}  {'cpu tt':>8} {'cpu LF':>8} {'ratio':>6}")
     for method in methods:
         if not results[method]["tunetui"]:
             print(f"{method:7} failed in every round")
             continue
         row = []
-        for key in ("loop", "wall", "fixed"):
+        for key in ("loop", "wall", "fixed", "cpu"):
             tt = med([x["wall"] - x["loop"] if key == "fixed" else x[key] for x in results[method]["tunetui"]])
             lf = med([x["wall"] - x["loop"] if key == "fixed" else x[key] for x in results[method]["lf"]])
             row.append(f"{tt:8.2f} {lf:8.2f} {tt / lf:6.2f}")
