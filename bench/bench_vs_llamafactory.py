@@ -221,7 +221,7 @@ def main() -> int:
                 results[method]["lf"].append(lf)
                 loads.append(load_text())
                 print(f"round {r + 1} {method:6} tunetui loop {tt['loop']:6.2f} s wall {tt['wall']:6.2f} s "
-                      f"(loss {tt['loss']:.3f}, {tt['tokens']} tokens) | LLaMA-Factory loop {lf['loop']:6.2f} s "
+                      f"cpu {tt['cpu']:6.2f} s (loss {tt['loss']:.3f}, {tt['tokens']} tokens) | LLaMA-Factory loop {lf['loop']:6.2f} s "
                       f"wall {lf['wall']:6.2f} s cpu {lf['cpu']:6.2f} s (loss {lf['loss']:.3f}, {lf['tokens']} tokens)"
                       f" | load {loads[-1]}",
                       flush=True)
