@@ -220,11 +220,10 @@ def main() -> int:
                 results[method]["tunetui"].append(tt)
                 results[method]["lf"].append(lf)
                 loads.append(load_text())
-                print(f"round {r + 1} {method:6} tunetui loop {tt['loop']:6.2f} s wall {tt['wall']:6.2f} s "
-                      f"cpu {tt['cpu']:6.2f} s (loss {tt['loss']:.3f}, {tt['tokens']} tokens) | LLaMA-Factory loop {lf['loop']:6.2f} s "
-                      f"wall {lf['wall']:6.2f} s cpu {lf['cpu']:6.2f} s (loss {lf['loss']:.3f}, {lf['tokens']} tokens)"
-                      f" | load {loads[-1]}",
-                      flush=True)
+                line = " | ".join(f"{name} loop {x['loop']:6.2f} s wall {x['wall']:6.2f} s cpu {x['cpu']:6.2f} s "
+                                  f"(loss {x['loss']:.3f}, {x['tokens']} tokens)"
+                                  for name, x in (("tunetui", tt), ("LLaMA-Factory", lf)))
+                print(f"round {r + 1} {method:6} {line} | load {loads[-1]}", flush=True)
 
     med = statistics.median
     print(f"\nmedians of {args.rounds} rounds (seconds); ratio = tunetui / LLaMA-Factory; load averages seen: "
