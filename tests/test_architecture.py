@@ -60,3 +60,28 @@ def test_every_module_starts_with_a_docstring():
     missing = [str(p.relative_to(ROOT)) for folder in ("core", "tui") for p in (ROOT / folder).rglob("*.py")
                if ast.get_docstring(ast.parse(p.read_text(encoding="utf-8"))) is None]
     assert not missing, f"modules without a one-line docstring: {missing}"
+
+
+def test_long_modules_say_why_they_are_one_idea():
+    """A module over ~400 lines in core/ or tui/ says in its docstring why it is one idea (else: split it)."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1]
+    unexplained = []
+    for path in sorted([*root.glob("core/**/*.py"), *root.glob("tui/**/*.py")]):
+        text = path.read_text(encoding="utf-8")
+        if text.count("\n") > 420 and "Over 400 lines" not in (ast.get_docstring(ast.parse(text)) or ""):
+            unexplained.append(f"{path.relative_to(root)} ({text.count(chr(10))} lines)")
+    assert not unexplained, unexplained
+
+
+def test_the_code_cites_only_documents_in_the_repository():
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    missing = set()
+    for path in [*root.glob("core/**/*.py"), *root.glob("tui/**/*.py"), *root.glob("bench/*.py")]:
+        for name in re.findall(r"\b([\w/.-]+\.md)\b", path.read_text(encoding="utf-8")):
+            if not (root / name).is_file() and not (root / "docs" / name).is_file():
+                missing.add(f"{path.relative_to(root)}: {name}")
+    assert not missing, sorted(missing)

@@ -16,6 +16,8 @@ How screens hear from the App (the messages are in tui.messages):
 
 Screens are Textual modes (one stack each, created on first visit, kept afterwards), so each keeps its state when
 the user moves between them and may push its own dialogs.
+
+Over 400 lines because it is the one place screens, the draft, the GPU poll and the session meet.
 """
 from __future__ import annotations
 

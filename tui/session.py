@@ -4,6 +4,8 @@ The training thread only calls `emit`, which posts an EngineEvent (thread-safe, 
 one to `TrainingSession.handle` on the UI thread. Screens redraw from `session.state` on a 0.1 s timer, and only
 when `state.version` changed, so a fast run never floods the terminal. Nothing here imports torch & co at module
 top level: the runner is imported inside the worker.
+
+Over 400 lines because a session's state (RunState) and its folding of every event kind are one idea.
 """
 from __future__ import annotations
 

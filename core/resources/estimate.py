@@ -2,6 +2,8 @@
 
 Peak ≈ W + T + A + Lg + C (weights, trainable state, activations, logits/loss, fixed overhead), term by term as in
 docs/estimator.md. Imports nothing heavy at module level: the UI imports this before its first paint.
+
+Over 400 lines because the terms are one sum and only make sense read together.
 """
 from __future__ import annotations
 

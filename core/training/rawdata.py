@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from core.config import DataSpec
 from core.errors import TuneError
+from core.splits import val_rows
 from core.training.formats import EXPECTED_COLUMNS, resolve_format, turn_keys
 from core.training.rowchecks import check_rows, is_json, pylist
 from core.training.sources import ROW_COLUMN, Origin, load_source
@@ -68,7 +69,7 @@ def load_raw(spec: DataSpec, seed: int = 42) -> RawData:
         check_rows(val, fmt, columns, val_origin)
         source += f"; validation: {val_origin.description}"
     elif spec.val_size > 0:
-        count = int(spec.val_size) if spec.val_size >= 1 else max(1, round(spec.val_size * len(train)))
+        count = val_rows(len(train), spec.val_size)
         if count >= len(train):
             raise TuneError(f"`data.val_size` asks for {count} validation rows but there are only {len(train)} rows",
                             "data.val_size", "Use a smaller fraction (e.g. 0.1) or count")

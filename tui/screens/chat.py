@@ -3,6 +3,9 @@
 Loading, generating and unloading run in thread workers that call core.chat. Replies are collected by the worker in
 plain attributes and painted by a 0.1 s timer (≤ 10 redraws/s however fast tokens come); the rest comes back as
 messages posted with `post_message` (thread-safe, never blocking the worker).
+
+Over 400 lines because loading,
+streaming two columns, classification and the settings row share one conversation's state.
 """
 from __future__ import annotations
 

@@ -3,6 +3,9 @@ run; start a new run from a run's config.
 
 Listing and reading run folders happen in thread workers (a folder with many long runs must not stall the UI);
 their results come back as messages.
+
+Over 400 lines because it is one screen's list, detail pane, marks, and the
+actions on a run (attach, resume, chat, compare, export), which all act on the selected row.
 """
 from __future__ import annotations
 
