@@ -10,7 +10,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from core import demo, methods, rundir
+from core import demo, methods, rundir, units
 from core.config import MethodSpec, ModelSpec, RunConfig
 from core.errors import TuneError
 from core.hub import is_hub_id
@@ -206,29 +206,16 @@ def load_estimate(target: Target, device: str = "cpu", with_base: bool = True) -
         quant = 0.5 if method.quant.bits == 4 else 1.0  # NF4 packs two weights a byte; LLM.int8 one
         linear = shape.linear_weight_params
         total = linear * quant + (shape.total_params - linear) * width
-        how = f"{_count(shape.total_params)} parameters, block linears in {method.quant.bits}-bit"
+        how = f"{units.count(shape.total_params)} parameters, block linears in {method.quant.bits}-bit"
     else:
         total = shape.total_params * width
-        how = f"{_count(shape.total_params)} parameters × {width} bytes"
+        how = f"{units.count(shape.total_params)} parameters × {width} bytes"
     copies = 2 if with_base and target.run_dir is not None and not target.adapter else 1
     if target.adapter and target.weights is not None:
         total += sum(p.stat().st_size for p in target.weights.glob("adapter_model*"))
     total *= copies
-    text = f"~{_size(total)} ({how}" + (", tuned and base" if copies == 2 else "") + ")"
+    text = f"~{units.size(total)} ({how}" + (", tuned and base" if copies == 2 else "") + ")"
     return LoadEstimate(bytes=int(total), text=text)
-
-
-def _count(n: float) -> str:
-    from core.resources.estimate import count_text
-
-    return count_text(n)
-
-
-def _size(n: float) -> str:
-    for unit, size in (("GiB", 2**30), ("MiB", 2**20)):
-        if n >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{n / 1024:.0f} KiB"
 
 
 __all__ = ["Target", "resolve_target", "LoadEstimate", "load_estimate", "WHERE", "PICK_FIX"]

@@ -291,7 +291,7 @@ async def test_merge_and_save_from_the_runs_screen_writes_a_loadable_model(tmp_p
         assert [p.split()[0] for p in progress] == ["loading", "merging", "merged"]  # the engine's steps, as they came
         merged = tmp_path / "runs" / run_id / "merged"
         from tui.widgets.export_dialog import folder_bytes
-        from tui.screens.setup_base import human_bytes
+        from core.units import size as human_bytes
 
         size = human_bytes(folder_bytes(merged))
         assert f"Wrote {size} to runs/{run_id}/merged" in status()

@@ -98,9 +98,9 @@ async def test_method_review_and_monitor_show_one_shape_and_one_set_of_estimates
 
 
 def _count(n: int) -> str:
-    from tui.screens.setup_base import human_count
+    from core import units
 
-    return human_count(n)
+    return units.count_short(n)
 
 
 def test_the_validation_split_counts_one_row_at_least():

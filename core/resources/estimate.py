@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from core import methods
+from core import methods, units
 from core.errors import TuneError
 from core.resources.shape import LinearShape, ModelShape
 from core.tasks import estimate_task
@@ -352,7 +352,7 @@ def estimate(shape: ModelShape, settings: EstimateSettings) -> Estimate:
         block_w = low_block + (shape.layer_params - block_lin) * other_b + n_train * 4.0 / L
         root_w = root_params * other_b
         if s.upcast_non_quantized:
-            notes.append(f"The {_count(base - quantized)} weights that stay unquantized (embeddings, "
+            notes.append(f"The {units.count(base - quantized)} weights that stay unquantized (embeddings, "
                          "LM head, norms) are held in fp32 by peft's k-bit preparation.")
 
     # T: gradients (the trainable params' dtype) and optimizer state.
@@ -467,18 +467,6 @@ def _gib(value: float) -> float:
     return value / GIB
 
 
-def _count(n: float) -> str:
-    for unit, size in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
-        if n >= size:
-            return f"{n / size:.3g} {unit}"
-    return str(int(n))
-
-
-def count_text(n: float) -> str:
-    """1.24 B, 8.4 M, 512 — parameter counts for people."""
-    return _count(n)
-
-
 __all__ = ["EstimateSettings", "Estimate", "estimate", "estimate_all", "trainable_tensors",
-           "activation_bytes_per_token", "count_text", "METHODS", "OPTIMS", "PRECISIONS", "STRATEGIES",
+           "activation_bytes_per_token", "METHODS", "OPTIMS", "PRECISIONS", "STRATEGIES",
            "CUDA_CONTEXT_GIB", "GIB", "FIT_FRACTION"]

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from core import methods
-from core.resources.estimate import (FIT_FRACTION, METHODS, Estimate, EstimateSettings, count_text, estimate,
-                                     estimate_all)
+from core import methods, units
+from core.resources.estimate import FIT_FRACTION, METHODS, Estimate, EstimateSettings, estimate, estimate_all
 from core.resources.shape import ModelShape
 
 # FIT_FRACTION (0.9, docs/estimator.md §3.6): recommend a method only if its peak is at most 0.9 × free memory.
@@ -178,7 +177,7 @@ def _no_gpu(shape: ModelShape, estimates: dict[str, Estimate], large: bool,
     small_model = shape.total_params <= CPU_MAX_PARAMS
     method = FULL if large and small_model else LORA
     peak = {m: e.peak_gib for m, e in estimates.items()}
-    params = count_text(shape.total_params)
+    params = units.count(shape.total_params)
     if small_model:
         reason = (f"No NVIDIA GPU found, so training runs on the CPU: fine for a model this small ({params} "
                   "parameters). ")
@@ -196,7 +195,7 @@ def _no_gpu(shape: ModelShape, estimates: dict[str, Estimate], large: bool,
                 reason += _others_than_lora(peak, settings)
     else:
         reason = (f"No NVIDIA GPU found, and a {params}-parameter model is too big to train on a CPU (up to about "
-                  f"{count_text(CPU_MAX_PARAMS)}), so this plans for a GPU: {_needs(estimates)} GiB. ")
+                  f"{units.count(CPU_MAX_PARAMS)}), so this plans for a GPU: {_needs(estimates)} GiB. ")
         card = _card(peak[method])
         reason += (f"{NAMES[method]} would fit a GPU with {card} GiB" if card else
                    f"{NAMES[method]} needs more than any single GPU") + " and is close to full fine-tuning in quality."

@@ -75,15 +75,6 @@ def exception_chain(exc: BaseException | None):
         exc = exc.__cause__ or exc.__context__
 
 
-def format_bytes(n: int | None) -> str:
-    if n is None:
-        return "unknown"
-    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{n} bytes"
-
-
 class AtomicCheckpointTrainer(Trainer):
     """The Trainer, saving each checkpoint into a staging folder and renaming it into place once complete."""
 
@@ -163,5 +154,5 @@ def save_final(trainer, tokenizer, run_dir: Path, labels: list[str] | None) -> P
     shutil.rmtree(old, ignore_errors=True)
     return final
 
-__all__ = ["AtomicCheckpointTrainer", "save_final", "DiskFull", "is_disk_full", "free_bytes", "format_bytes",
+__all__ = ["AtomicCheckpointTrainer", "save_final", "DiskFull", "is_disk_full", "free_bytes",
            "exception_chain"]

@@ -74,7 +74,8 @@ def release_paged_buffers() -> None:
 
 def disk_full_message(exc: Exception, run_dir: Path, step: int | None) -> str:
     """What was being written where, how much space is left, what was kept, and how to go on."""
-    from core.training.checkpoints import DiskFull, exception_chain, format_bytes, free_bytes
+    from core.training.checkpoints import DiskFull, exception_chain, free_bytes
+    from core.units import size
 
     if isinstance(exc, DiskFull):
         what, folder, free = exc.what, exc.folder, exc.free_bytes
@@ -89,7 +90,7 @@ def disk_full_message(exc: Exception, run_dir: Path, step: int | None) -> str:
     kept += "; nothing half-written was kept. " if isinstance(exc, DiskFull) else ". "
     again = (f"then continue with `tunetui train --resume {run_dir}`" if latest is not None
              else f"then start it again with `tunetui train {run_dir / rundir.CONFIG_FILE}`")
-    return (f"The disk is full: writing {what} to {folder} failed ({format_bytes(free)} free there"
+    return (f"The disk is full: writing {what} to {folder} failed ({size(free, none='unknown')} free there"
             f"{f', at step {step}' if step else ''}). {kept}Free some space on that disk (the checkpoints/ "
             f"folders of runs you will not resume can go), or keep fewer checkpoints "
             f"(--set train.save_total_limit=1), {again}.")

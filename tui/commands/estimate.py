@@ -127,12 +127,12 @@ def _print(shape, settings, rec, methods, free, where) -> None:
 
     from tui.commands.output import StdoutConsole
 
-    from core.resources.estimate import count_text
+    from core.units import count
     from core.resources.recommend import NAMES
 
     console = StdoutConsole()
     gc = "on" if settings.gradient_checkpointing else "off"
-    console.print(f"[bold]{shape.name}[/] — {shape.architecture}, {count_text(shape.total_params)} parameters, "
+    console.print(f"[bold]{shape.name}[/] — {shape.architecture}, {count(shape.total_params)} parameters, "
                   f"{shape.num_layers} layers")
     console.print(f"batch {settings.batch_size} × accumulation {settings.grad_accum}, max length {settings.seq_len}, "
                   f"{settings.precision}, {settings.optim}, gradient checkpointing {gc}")
@@ -152,7 +152,7 @@ def _print(shape, settings, rec, methods, free, where) -> None:
         mark = " *" if m == rec.method else ""
         table.add_row(NAMES[m] + mark, f"{e.peak_gib:.1f}", f"[{style[rec.fit[m]]}]{fit}[/]", f"{e.weights_gib:.1f}",
                       f"{e.trainable_state_gib:.1f}", f"{e.activations_gib:.1f}", f"{e.logits_gib:.1f}",
-                      f"{e.overhead_gib:.1f}", count_text(e.trainable_params).replace(" ", ""))
+                      f"{e.overhead_gib:.1f}", count(e.trainable_params).replace(" ", ""))
     console.print(table)
     if settings.gpus > 1:
         ways = ", ".join(f"{NAMES[m]} with {rec.estimates[m].strategy.upper()}" for m in methods)

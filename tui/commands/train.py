@@ -15,6 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from core.errors import TuneError
+from core.units import duration
 
 # LogLines worth showing on a terminal: warnings from anyone, and the engine's own notes (format, method, ...).
 SHOWN_INFO_LOGGERS = ("core",)
@@ -274,7 +275,7 @@ class _Display:
     def _on_StepEnded(self, e):
         loss = f"{e.loss:.4f}" if e.loss is not None else "—"
         tps = f"{e.tokens_per_second:,.0f}" if e.tokens_per_second else "—"
-        eta = _duration(e.eta_seconds)
+        eta = duration(e.eta_seconds, none="—")
         if self.progress is not None:
             self.progress.update(self.task, completed=e.step, total=e.max_steps, loss=loss, tps=tps, eta=eta)
         elif e.step == e.max_steps or e.step - self._last_plain_step >= max(1, e.max_steps // 20):
@@ -382,15 +383,6 @@ class _Display:
         if event.stopped and signal_number is not None:
             return 128 + signal_number  # the shell convention for "ended by a signal"
         return 0
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "—"
-    seconds = int(round(seconds))
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
 def _escape(text: str) -> str:

@@ -20,10 +20,11 @@ from textual.content import Content
 from textual.timer import Timer
 from textual.widgets import Collapsible, DirectoryTree, Input, Select, Static
 
+from core import units
 from core.config import FORMATS, RunConfig
 from tui.draft import DataKey, DataReading, data_key
 from tui.messages import FactsChanged
-from tui.screens.setup_base import SetupScreen, get_value, human_count, parse_number
+from tui.screens.setup_base import SetupScreen, get_value, parse_number
 
 PREVIEW_HEAD_LINES, PREVIEW_TAIL_LINES = 8, 3
 PREVIEW_DELAY_SECONDS = 0.3
@@ -233,7 +234,7 @@ class DataScreen(SetupScreen):
         s = p.stats
         limit = self.config.data.max_length
         sampled = s["examples"] + s["dropped"]
-        rows = "? rows (streamed)" if p.rows is None else f"{human_count(p.rows)} rows"
+        rows = "? rows (streamed)" if p.rows is None else f"{units.count_short(p.rows)} rows"
         stats_box.update(
             f"{rows}. Tokens in the first {sampled}: min {s['min']}, median {s['median']}, p95 {s['p95']}, "
             f"max {s['max']}; max_length {limit} truncates {s['truncated']}, drops {s['dropped']}.")

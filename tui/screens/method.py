@@ -18,11 +18,11 @@ from textual.content import Content
 from textual.events import Click
 from textual.widgets import Checkbox, Input, Select, SelectionList, Static
 
-from core import methods
+from core import methods, units
 from core.config import METHODS, RunConfig
 from tui.draft import Facts, fit_label
 from tui.messages import FactsChanged
-from tui.screens.setup_base import SetupScreen, get_value, human_count, parse_number, update_if_changed
+from tui.screens.setup_base import SetupScreen, get_value, parse_number, update_if_changed
 from tui.widgets.fields import Tick
 
 if TYPE_CHECKING:
@@ -352,8 +352,8 @@ class MethodScreen(SetupScreen):
         lines += [Content.assemble((f"{label:<18}", "dim"), f"{gib:6.2f} GiB") for label, gib in rows]
         lines.append(Content.assemble((f"{'peak':<18}", "bold"), (f"{e.peak_gib:6.2f} GiB", "bold")))
         share = e.trainable_params / e.total_params if e.total_params else 0.0
-        lines += [Content(""), Content(f"trains {human_count(e.trainable_params)} of {human_count(e.total_params)} "
-                                       f"weights ({share:.1%})")]
+        trains, total = units.count_short(e.trainable_params), units.count_short(e.total_params)
+        lines += [Content(""), Content(f"trains {trains} of {total} weights ({share:.1%})")]
         lines += [Content.styled(f"• {note}", "dim") for note in e.notes]
         update_if_changed(box, Content("\n").join(lines))
 

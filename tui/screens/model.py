@@ -17,10 +17,11 @@ from textual.content import Content
 from textual.widgets import Input, OptionList, Static
 from textual.widgets.option_list import Option
 
+from core import units
 from core.config import RunConfig
 from core.errors import TuneError
 from tui.messages import ModelDescribed, ModelsListed
-from tui.screens.setup_base import SetupScreen, human_bytes, human_count
+from tui.screens.setup_base import SetupScreen
 
 if TYPE_CHECKING:
     from core.catalog import ModelEntry, ModelInfo
@@ -122,7 +123,7 @@ class ModelScreen(SetupScreen):
 
     def _option_label(self, entry: Entry) -> Content:
         mark = "● " if entry.name_or_path == self.config.model.name_or_path else "  "
-        size = f" {human_bytes(entry.size_bytes)}" if entry.size_bytes else ""
+        size = f" {units.size(entry.size_bytes)}" if entry.size_bytes else ""
         return Content.assemble(mark, (entry.name_or_path, "bold"), (f"  {entry.source}{size}", "dim"))
 
     @on(OptionList.OptionHighlighted, "#model-list")
@@ -204,12 +205,12 @@ class ModelScreen(SetupScreen):
         else:
             rows = [
                 ("Architecture", info.architecture or "?"),
-                ("Parameters", human_count(info.params)),
+                ("Parameters", units.count_short(info.params)),
                 ("Layers", str(info.layers) if info.layers is not None else "?"),
                 ("Hidden size", str(info.hidden_size) if info.hidden_size is not None else "?"),
                 ("Vocab", f"{info.vocab_size:,}" if info.vocab_size is not None else "?"),
                 ("Dtype", info.dtype or "?"),
-                ("Size on disk", human_bytes(info.size_on_disk_bytes) if info.size_on_disk_bytes else "—"),
+                ("Size on disk", units.size(info.size_on_disk_bytes) if info.size_on_disk_bytes else "—"),
                 ("Tokenizer", "yes" if info.has_tokenizer else "none"),
             ]
             lines = [Content.assemble((f"{label:<13}", "dim"), value) for label, value in rows]

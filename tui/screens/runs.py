@@ -26,7 +26,8 @@ from core.errors import TuneError
 from tui.messages import RunLoaded, RunsListed
 from tui.screens.base import TuneScreen
 from tui.widgets.loss_chart import LossChart
-from tui.widgets.run_metrics import STATUS_STYLES, duration
+from core.units import duration
+from tui.widgets.run_metrics import STATUS_STYLES
 
 if TYPE_CHECKING:
     from core.config import RunConfig

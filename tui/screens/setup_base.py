@@ -168,26 +168,4 @@ class SetupScreen(TuneScreen):
         self.refresh_bindings()
 
 
-def human_count(n: int | None) -> str:
-    """1234567 -> '1.2 M' (parameters, rows)."""
-    if n is None:
-        return "?"
-    for size, unit in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
-        if abs(n) >= size:
-            return f"{n / size:.1f} {unit}"
-    return str(n)
-
-
-def human_bytes(n: int | None) -> str:
-    if n is None:
-        return "?"
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} TiB"
-
-
-__all__ = ["SetupScreen", "update_if_changed", "with_values", "get_value", "parse_number", "human_count",
-           "human_bytes"]
+__all__ = ["SetupScreen", "update_if_changed", "with_values", "get_value", "parse_number"]

@@ -15,8 +15,8 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, ProgressBar, Static
 
+from core import units
 from tui.messages import ExportEnded, ExportProgress
-from tui.screens.setup_base import human_bytes
 
 MERGED_FOLDER = "merged"
 """The default target: a folder inside the run's own folder, so the merged model stays with its run."""
@@ -129,7 +129,7 @@ class ExportDialog(ModalScreen["str | None"]):
             self.query_one("#export-target", Input).focus()
             return
         self.written = message.path
-        self._status(Text.assemble(("✓ ", "bold green"), f"Wrote {human_bytes(message.size_bytes)} to ",
+        self._status(Text.assemble(("✓ ", "bold green"), f"Wrote {units.size(message.size_bytes)} to ",
                                    (str(message.path), "bold")))
         self.query_one("#export-close", Button).focus()
 

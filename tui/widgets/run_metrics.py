@@ -8,6 +8,7 @@ from rich.text import Text
 from textual.widgets import Static
 
 from core.events import PHASES
+from core.units import count, duration
 from core.training.metrics import METRIC_NAMES
 
 PHASE_NAMES = {"loading_model": "load model", "preparing_data": "prepare data", "training": "train",
@@ -21,31 +22,12 @@ STATUS_ICONS = {"idle": "○", "starting": "◌", "running": "▶", "pausing": "
                 "finished": "✓", "stopped": "■", "failed": "✗"}
 
 
-def duration(seconds: float | None) -> str:
-    """`1:02:03`, `4:05`; `–` when unknown."""
-    if seconds is None or not math.isfinite(seconds):
-        return "–"
-    seconds = int(round(max(seconds, 0)))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
-
-
 def number(value: float | None, fmt: str = ".3g") -> str:
     if value is None:
         return "–"
     if not math.isfinite(value):
         return str(value)
     return format(value, fmt)
-
-
-def count(value: int | None) -> str:
-    if value is None:
-        return "–"
-    for unit, size in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(value) >= size:
-            return f"{value / size:.3g}{unit}"
-    return str(value)
 
 
 def status_text(state, *, model: str = "", method: str = "", pid: int | None = None) -> Text:
@@ -130,7 +112,8 @@ def metrics_table(state) -> Table:
         row("GPU mem", f"{number(state.gpu_memory_gib, '.1f')} GiB{peak}")
     if state.model is not None:
         share = state.model.trainable_params / state.model.total_params if state.model.total_params else 0
-        row("trains", f"{count(state.model.trainable_params)}/{count(state.model.total_params)} ({share:.1%})")
+        trains, total = count(state.model.trainable_params, sep=""), count(state.model.total_params, sep="")
+        row("trains", f"{trains}/{total} ({share:.1%})")
         row("device", f"{state.model.device} {state.model.dtype}")
     if state.data is not None:
         val = f" + {state.data.val_examples} val" if state.data.val_examples else " examples"
