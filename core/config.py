@@ -14,8 +14,6 @@ from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, Union
 
-import yaml
-
 from core import methods
 from core.errors import TuneError
 
@@ -256,6 +254,8 @@ def to_dict(config: Any) -> dict:
 
 
 def dump_yaml(config: RunConfig) -> str:
+    import yaml  # imported when used: ~40 ms the app's first frame need not pay
+
     return yaml.safe_dump(to_dict(config), sort_keys=False, allow_unicode=True)
 
 
@@ -388,6 +388,8 @@ def _where(where: str | None, origins: dict | None, dotted: str) -> str | None:
 
 def _key_lines(text: str) -> dict[str, tuple]:
     """Map dotted keys to their 1-based line numbers (as origins), so errors can point at the line."""
+    import yaml
+
     out: dict[str, tuple] = {}
 
     def walk(node, prefix):
@@ -474,6 +476,8 @@ def from_dict(raw: dict | None, where: str | None = None, origins: dict | None =
 
 def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """Read a YAML config file, apply `--set key=value` overrides, validate."""
+    import yaml
+
     path = Path(path)
     if not path.is_file():
         raise TuneError(f"Config file {path} does not exist", None, "Check the path, or start from presets/demo.yaml")
@@ -500,6 +504,8 @@ def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...], where: st
     """Apply `dotted.key=value` strings; values are parsed as YAML scalars (`30`, `true`, `[q_proj, v_proj]`).
     Foreign key names are accepted (`learning_rate=1e-4` sets train.lr). `origins`, when given, records each key
     set here, so an error about it names the --set and not the file the key was first read from."""
+    import yaml
+
     raw = _canonicalize(raw, where, origins)
     for item in overrides:
         if "=" not in item:

@@ -9,8 +9,6 @@ from textual.events import DescendantBlur, DescendantFocus, ScreenResume
 from textual.widget import Widget
 from textual.widgets import Checkbox, Input, Select, Static
 
-import yaml
-
 from core.config import RunConfig, from_dict, to_dict
 from core.errors import TuneError
 from tui.messages import ConfigChanged
@@ -39,6 +37,8 @@ def get_value(config: RunConfig, dotted: str) -> Any:
 def parse_number(text: str) -> int | float | str | None:
     """What the user typed in a numeric field, read like a YAML value ("8" -> 8, "2e-4" stays for the config to
     read as a float, "abc" stays a string so the config names the key in its error)."""
+    import yaml  # imported when used: the app's first frame need not pay for it
+
     text = text.strip()
     try:
         value = yaml.safe_load(text) if text else None
