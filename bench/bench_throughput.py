@@ -112,7 +112,10 @@ def text_file(folder: Path) -> Path:
 
 def padding_table(args, tmp: Path) -> None:
     """Real (non-padding) tokens/s of LoRA SFT on the alpaca demo at max length --padding-seq, batches padded to
-    their longest example vs padding-free (concatenated), alternated; and the padding share of the padded runs."""
+    their longest example vs padding-free (concatenated, data.padding_free: true), alternated; and the padding
+    share of the padded runs. On a CPU with the tiny demo model the concatenated batch's dense block mask (attention
+    over every token of the batch) can cost more than the padding saves; on a GPU-sized model the linear layers
+    dominate and the saving is the padding share."""
     from core import config as cfg
     from core.training.encode import padding_share, token_lengths, tokenize
     from core.training.models import load_tokenizer

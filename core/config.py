@@ -94,10 +94,11 @@ class DataSpec:
     """Token limit per example; longer prompts are dropped, longer responses truncated."""
     max_samples: int | None = None
     """Use only the first N rows (quick experiments)."""
-    padding_free: bool = True
-    """Chat/instruction batches are concatenated without padding (position ids restart at each example, and the
-    attention mask keeps every example to itself), where the model's attention supports it; false pads each batch
-    to its longest example. Plain text is packed into full blocks either way."""
+    padding_free: Union[bool, Literal["auto"]] = "auto"
+    """true: chat/instruction batches are concatenated without padding (position ids restart at each example, and
+    the attention mask keeps every example to itself), where the model's attention supports it; false pads each
+    batch to its longest example; auto: true on a GPU, false on the CPU, where the dense block-diagonal mask of
+    a concatenated batch costs more than the padding it saves. Plain text is packed into full blocks either way."""
     text_column: str | None = None
     """Column holding the text (text / classification); detected when unset."""
     label_column: str | None = None

@@ -431,3 +431,16 @@ def test_a_bad_data_file_fails_before_the_engine_imports(tmp_path, demo_model_di
 
     assert check(bad, "lora") == ["failed", "False", "False"]
     assert check(good, "lora") == ["finished", "True", "True"]
+
+
+def test_padding_free_runs_report_no_padding_and_auto_pads_on_the_cpu(output_dir, small_config, demo_model_dir):
+    from core.events import DataReady
+
+    shares = {}
+    for setting in (True, "auto"):
+        events: list = []
+        config = small_config(output_dir, data={"padding_free": setting}, train={"max_steps": 2, "eval_steps": 0})
+        outcome = run(config, events.append)
+        assert outcome.status == "finished", outcome.event
+        shares[setting] = next(e for e in events if isinstance(e, DataReady)).token_stats["padding"]
+    assert shares[True] == 0.0 and shares["auto"] > 0  # the demo's rows differ in length: padded batches pad

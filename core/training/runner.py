@@ -357,8 +357,9 @@ class _Session:
         prepared = tokenize(raw, tokenizer, config.data, progress=self._progress("preparing_data"))
         n_val = len(prepared.val) if prepared.val is not None else 0
         # Plain text is packed into full blocks already; classification pads to the longest of a batch.
-        self.padding_free = (config.data.padding_free and prepared.task != "classification"
-                             and prepared.format != "text" and can_flatten(model_dir, config.model.trust_remote_code))
+        wanted = device.startswith("cuda") if config.data.padding_free == "auto" else config.data.padding_free
+        self.padding_free = (wanted and prepared.task != "classification" and prepared.format != "text"
+                             and can_flatten(model_dir, config.model.trust_remote_code))
         token_stats = dict(prepared.stats or {})
         if prepared.format != "text":
             padded = padding_share(token_lengths(prepared.train), config.train.batch_size, config.train.seed)
