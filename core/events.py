@@ -84,17 +84,24 @@ class StepEnded(Event):
     learning_rate: float | None = None
     grad_norm: float | None = None
     tokens_per_second: float | None = None
+    """Input tokens (not padding) trained per second by the whole run: under several processes, the group's sum."""
     step_seconds: float | None = None
     elapsed_seconds: float = 0.0
     eta_seconds: float | None = None
     gpu_memory_gib: float | None = None
-    """Memory allocated by this process on its GPU at the step's end (None without CUDA)."""
+    """Memory allocated by this process on its GPU at the step's end (None without CUDA). Under several processes:
+    rank 0's."""
     peak_allocated_gib: float | None = None
     """Peak memory allocated since the previous StepEnded, activations included (None without CUDA, or from an
     older engine)."""
     reserved_gib: float | None = None
     """Memory held by torch's caching allocator at the step's end (what nvidia-smi shows for this process, less
     the CUDA context)."""
+    tokens_per_second_per_process: float | None = None
+    """Under several processes: `tokens_per_second` shared out over them (None with one process)."""
+    peak_gib_per_rank: list[float] | None = None
+    """Under several processes on GPUs, at logging steps: each rank's peak memory allocated on its GPU so far in the
+    run, by rank (None otherwise)."""
 
 
 @dataclass(frozen=True)

@@ -115,6 +115,10 @@ def test_nproc_2_is_one_run_with_the_loss_of_one_process_at_the_same_global_batc
     assert finals[0].step == 4
     # One writer: each step reported once, by rank 0.
     assert [e.step for e in events if isinstance(e, StepEnded)] == [1, 2, 3, 4]
+    # The rate is the group's; shared out over the two processes (no GPU: no per-rank peaks).
+    rated = [e for e in events if isinstance(e, StepEnded) and e.tokens_per_second]
+    assert rated and all(e.tokens_per_second_per_process == pytest.approx(e.tokens_per_second / 2) for e in rated)
+    assert all(e.peak_gib_per_rank is None for e in rated)
     assert sorted(p.name for p in run_dir.iterdir() if not p.name.startswith(".")) == sorted(
         ["checkpoints", "config.yaml", "events.jsonl", "final"])
 
@@ -412,3 +416,36 @@ def test_a_sharded_qlora_base_stores_its_4bit_weights_in_the_compute_dtype():
     sharded = methods.QLORA.quantization_config(spec, torch.bfloat16, None, sharded=True)
     assert plain.bnb_4bit_quant_storage == torch.uint8
     assert sharded.bnb_4bit_quant_storage == torch.bfloat16 and sharded.bnb_4bit_compute_dtype == torch.bfloat16
+
+
+@pytest.mark.slow
+@needs_gloo
+async def test_the_app_launches_nproc_2_and_follows_the_group_to_its_end(tmp_path, monkeypatch):
+    """The app on a machine it takes for one with two GPUs (a scripted snapshot): Launch starts `tunetui train
+    --nproc 2` (here on the CPU, gloo) and the Run view follows the group's run folder to RunFinished."""
+    from dataclasses import replace
+
+    from core import config as cfg
+    from helpers_gpus import ScriptedSampler, fake_snapshot
+    from helpers_setup import wait_for
+    from tui.app import create_app
+
+    for name, value in _env().items():
+        monkeypatch.setenv(name, value)
+    for name in ("WORLD_SIZE", "LOCAL_RANK", "RANK"):
+        monkeypatch.delenv(name, raising=False)
+    base = cfg.load(ROOT / "presets" / "demo.yaml")
+    draft = replace(base, data=replace(base.data, path="demo:alpaca_en", val_size=0, max_length=64, max_samples=40),
+                    train=replace(base.train, max_steps=3, eval_steps=0, batch_size=4, save_steps=50))
+    app = create_app(draft, sampler=ScriptedSampler([fake_snapshot((80, 80))]), output_dir=str(tmp_path / "runs"),
+                     start_screen="review")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.snapshot is not None, what="the GPUs")
+        assert app.launch()
+        assert app.session.plan.arguments() == ["--nproc", "2"]
+        await wait_for(pilot, lambda: app.session.state.final, timeout=240, what="the group's final event")
+        state = app.session.state
+        assert state.status == "finished", (state.error, app.session.log_path.read_text()[-3000:])
+        assert state.world_size == 2 and state.step == 3
+        assert state.tokens_per_second_per_process is not None
+        assert Path(state.run_dir).parent == tmp_path / "runs"

@@ -162,6 +162,10 @@ class TuneApp(App):
         """A run folder to follow on the Run view once the first frame is up (`tunetui attach`)."""
         self.chat_request: str | None = None
         """A run folder or model for the Chat screen to load when it is next drawn (`open_chat`)."""
+        self.launch_gpus: str = "all"
+        """Review's GPU choice: `all` (every GPU a run would see) or a list such as `0,2`. App state, not a config
+        key: which GPUs are free is this machine's business today, not the run's (the headless line says it as
+        --nproc/--gpus)."""
 
     # ------------------------------------------------------------------ start-up
 
@@ -237,8 +241,27 @@ class TuneApp(App):
         index = SETUP_ORDER.index(after)
         self.show(SETUP_ORDER[min(index + 1, len(SETUP_ORDER) - 1)])
 
+    def gpu_plan(self):
+        """The GPUs a launch uses now (core.launch.GpuPlan) from `launch_gpus` and the latest GPU snapshot; raises
+        TuneError when the choice names GPUs this machine does not show."""
+        from core.spawn import plan_gpus, visible_gpu_numbers
+
+        available = None if self.snapshot is None else visible_gpu_numbers(self.snapshot)
+        return plan_gpus(self.launch_gpus, available)
+
+    def gpu_problem(self) -> str | None:
+        """Why `launch_gpus` cannot be used now (Review shows it at the field); None when it can."""
+        try:
+            self.gpu_plan()
+        except TuneError as exc:
+            return str(exc)
+        return None
+
     def launch(self, config: RunConfig | None = None, resume_from: str | None = None) -> bool:
-        """Start a run of `config` (default: the draft) and show the run screen; False when one is already going."""
+        """Start a run of `config` (default: the draft) and show the run screen; False when one is already going.
+
+        On one GPU (or none) the run trains in this process; on several, or on GPUs other than all of them, it
+        trains in `tunetui train` processes of their own, followed here from their run folder (LaunchedSession)."""
         config = config or self.config
         if self.session.running:
             self.notify("A run is already going. Stop it on the Run screen (5) before launching another.",
@@ -246,11 +269,30 @@ class TuneApp(App):
             self.show("run")
             return False
         try:
+            plan = self.gpu_plan()
+        except TuneError as exc:
+            self.notify(str(exc), title="Cannot launch", severity="error", markup=False)
+            return False
+        try:
             from core.catalog import remember_model
 
             remember_model(config.model.name_or_path)
         except Exception:  # noqa: BLE001 - the recent-models list is a convenience; never block a launch on it
             log.exception("could not remember the model")
+        if plan.separate_process:
+            from tui.session import LaunchedSession
+
+            try:
+                session = LaunchedSession.begin(self, config, plan, resume_from=resume_from)
+            except (OSError, TuneError) as exc:
+                self.notify(f"Could not start tunetui train: {exc}", title="Cannot launch", severity="error",
+                            markup=False)
+                return False
+            self._stop_following()
+            self.session = session
+            self._follow_timer = self.set_interval(FOLLOW_SECONDS, self.session.poll, name="follow-run")
+            self.show("run")
+            return True
         if not self.session.owns_process:  # the followed run has ended: this app trains its own again
             from tui.session import TrainingSession
 
@@ -438,6 +480,8 @@ def main(config_path: str | None = None, output_dir: str | None = None, attach_d
         safe_print("\n" + continue_in_background(app.detach_run), file=sys.stdout)
     elif run_dir and app.session.owns_process and (stopped_here or app._exit_when_stopped):
         safe_print(_stopped_words(run_dir), file=sys.stdout)
+    elif words := app.session.leaving_words():  # a run launched in processes of its own trains on
+        safe_print("\n" + words, file=sys.stdout)
     return app.return_code or 0
 
 

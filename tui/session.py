@@ -5,7 +5,8 @@ one to `TrainingSession.handle` on the UI thread. Screens redraw from `session.s
 when `state.version` changed, so a fast run never floods the terminal. Nothing here imports torch & co at module
 top level: the runner is imported inside the worker.
 
-Over 400 lines because a session's state (RunState) and its folding of every event kind are one idea.
+Over 400 lines because a session's state (RunState) and its folding of every event kind are one idea, shared by the
+three ways the app holds a run: trained here, attached to, or launched in processes of its own.
 """
 from __future__ import annotations
 
@@ -69,6 +70,12 @@ class RunState:
     learning_rate: float | None = None
     grad_norm: float | None = None
     tokens_per_second: float | None = None
+    """The whole run's rate: under several processes, the group's."""
+    world_size: int = 1
+    """How many processes train the run (RunStarted)."""
+    tokens_per_second_per_process: float | None = None
+    peak_gib_per_rank: list[float] = field(default_factory=list)
+    """Under several processes on GPUs: each rank's peak allocated memory so far, by rank."""
     step_seconds: float | None = None
     elapsed_seconds: float = 0.0
     eta_seconds: float | None = None
@@ -115,6 +122,7 @@ class RunState:
         if isinstance(event, RunStarted):
             self.run_id, self.run_dir, self.config = event.run_id, event.run_dir, dict(event.config or {})
             self.resumed_from = event.resumed_from
+            self.world_size = max(1, event.world_size or 1)
             if self.status in ("idle", "starting") or self.final:
                 # A resumed run appends to the same events.jsonl: a new RunStarted opens a new segment.
                 self.status = "running"
@@ -197,8 +205,8 @@ class RunState:
             self.losses.append((event.step, event.loss))
             if not is_finite(event.loss) and self.first_nonfinite_step is None:
                 self.first_nonfinite_step = event.step
-        for name in ("learning_rate", "grad_norm", "tokens_per_second", "step_seconds", "eta_seconds",
-                     "gpu_memory_gib"):
+        for name in ("learning_rate", "grad_norm", "tokens_per_second", "tokens_per_second_per_process",
+                     "step_seconds", "eta_seconds", "gpu_memory_gib"):
             value = getattr(event, name)
             if value is not None or name == "eta_seconds":
                 setattr(self, name, value)
@@ -207,6 +215,11 @@ class RunState:
         peak = event.peak_allocated_gib if event.peak_allocated_gib is not None else event.gpu_memory_gib
         if peak is not None:
             self.peak_gpu_memory_gib = max(self.peak_gpu_memory_gib or 0.0, peak)
+        if event.peak_gib_per_rank:
+            # Each rank's peak so far in the run; a resume starts the ranks' counts again, so keep the larger.
+            old = self.peak_gib_per_rank
+            self.peak_gib_per_rank = [max(v, old[i] if i < len(old) else 0.0)
+                                      for i, v in enumerate(event.peak_gib_per_rank)]
 
 
 def _checkpoint_step(path: str) -> int | None:
@@ -338,6 +351,10 @@ class TrainingSession:
     def close(self) -> None:
         """Let go of the run's view (an attached session stops counting as a viewer); a run trained here goes on."""
 
+    def leaving_words(self) -> str | None:
+        """What the app says on its way out about this run (None: nothing; a run trained here has its own words)."""
+        return None
+
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the training thread has ended; True when it has (or none ever started)."""
         return True if self._done is None else self._done.wait(timeout)
@@ -406,8 +423,11 @@ class AttachedSession(TrainingSession):
             self.handle(event)
         self._check_alive()
 
+    def _process_alive(self) -> bool:
+        return rundir.is_running(self.run_dir)
+
     def _check_alive(self) -> None:
-        if self._alive and not self.state.final and not rundir.is_running(self.run_dir):
+        if self._alive and not self.state.final and not self._process_alive():
             self._alive = False
             for event in self.tail.read_new():  # its last words, written just before it went
                 self.handle(event)
@@ -419,6 +439,135 @@ class AttachedSession(TrainingSession):
                                         f"--resume {self.run_dir}" if checkpoint else
                                         "It saved no checkpoint; start it again from its config.yaml."))
                 self.state.set_status("crashed")
+
+
+class LaunchedSession(AttachedSession):
+    """A run this app started as `tunetui train` in processes of its own (several GPUs, or GPUs other than all of
+    them: CUDA_VISIBLE_DEVICES must be set before torch starts). The launcher writes its run folder's path to a
+    file (`--run-dir-file`); until then the Run view says it is starting, and once the folder is known the run is
+    followed like an attached one: pause and stop go through the run folder's control file, which rank 0 reads
+    and shares with every rank. The processes are in a session of their own, so closing the app leaves them
+    training (`tunetui attach` follows them again)."""
+
+    def __init__(self, app: TuneApp, process: subprocess.Popen, run_dir_file: Path, log_path: Path,
+                 config: RunConfig, plan) -> None:
+        TrainingSession.__init__(self, app)
+        self.process = process
+        self.pid = process.pid
+        self.run_dir_file = Path(run_dir_file)
+        self.log_path = Path(log_path)
+        self.config = config
+        self.plan = plan
+        self.run_dir: Path | None = None
+        self.tail = None
+        self._alive = True
+        self._viewer_mark = None
+        self.control = _LauncherSignal(process)  # until the run folder is known
+        self.state.status, self.state.world_size = "starting", plan.nproc
+        self.state.version += 1
+
+    @classmethod
+    def begin(cls, app: TuneApp, config: RunConfig, plan, resume_from: str | None = None) -> "LaunchedSession":
+        """Write `config` to a file and start `tunetui train` on the GPUs of `plan` (core.spawn); `resume_from`: a
+        run folder to go on with instead."""
+        import tempfile
+
+        from core import config as cfg
+        from core import spawn
+
+        folder = Path(tempfile.mkdtemp(prefix="tunetui-launch-"))
+        config_path = folder / rundir.CONFIG_FILE
+        cfg.save(config, config_path)
+        run_dir_file, log_path = folder / "run-dir", folder / rundir.LOG_FILE
+        arguments = spawn.train_arguments(config_path, plan, resume=resume_from, run_dir_file=run_dir_file)
+        process = spawn.start_train(arguments, log_path)
+        return cls(app, process, run_dir_file, log_path, config, plan)
+
+    @property
+    def following(self) -> bool:
+        return self.run_dir is not None
+
+    def poll(self) -> None:
+        if self.run_dir is None:
+            from core.spawn import read_run_dir_file
+
+            found = read_run_dir_file(self.run_dir_file)
+            if found is not None:
+                self._follow(found)
+            elif self.process.poll() is not None:
+                self._alive = False
+                self.state.error = (f"`tunetui train` ended (exit code {self.process.returncode}) before its run "
+                                    f"started: {_log_tail(self.log_path)} (its output: {self.log_path})")
+                self.state.error_kind = "user_error" if self.process.returncode == 2 else "error"
+                self.state.set_status("failed")
+                self._notify(self.state.error, "Run cannot start", severity="error", timeout=30)
+            return
+        super().poll()
+
+    def _follow(self, run_dir: Path) -> None:
+        from core.follow import EventTail
+
+        self.run_dir = run_dir
+        self.state.run_dir = str(run_dir)
+        self.control = _RemoteControl(run_dir)
+        self.tail = EventTail(run_dir / rundir.EVENTS_FILE)
+        for event in self.tail.read_new():  # a resumed run's history, quietly (a new run has none yet)
+            self.state.fold(event)
+        if self.state.final:  # the end of the segment it resumes: the new one's RunStarted is on its way
+            self.state.set_status("starting")
+        self._viewer_mark = rundir.add_viewer(run_dir)
+
+    def _process_alive(self) -> bool:
+        return self.process.poll() is None  # the launcher outlives every rank and writes the run's last word
+
+    def pause(self) -> None:
+        if self.following:
+            super().pause()
+
+    def close(self) -> None:
+        if self._viewer_mark is not None:
+            super().close()
+
+    def leaving_words(self) -> str | None:
+        """What the app says on its way out while this run still trains."""
+        if not self.running:
+            return None
+        if self.run_dir is None:
+            return f"The run goes on starting in process {self.pid}; its output: {self.log_path}"
+        return (f"The run goes on in process {self.pid} ({self.plan.describe()}).\n  watch it:  tunetui attach "
+                f"{self.run_dir}\n  stop it:   tunetui stop {self.run_dir}")
+
+
+class _LauncherSignal:
+    """Control of a launched run before its folder is known: stopping interrupts the launcher (SIGINT), which asks
+    every process to stop and save through the run folder once the run has one; pausing waits for the folder."""
+
+    def __init__(self, process: subprocess.Popen) -> None:
+        self.process = process
+
+    def pause(self) -> None:
+        pass
+
+    def resume(self) -> None:
+        pass
+
+    def stop(self, save: bool = True) -> None:
+        import signal
+
+        if self.process.poll() is None:
+            try:
+                self.process.send_signal(signal.SIGINT)
+            except OSError:
+                pass
+
+
+def _log_tail(path: Path, lines: int = 3) -> str:
+    """The last lines of a log, on one line (what a launcher that failed early said)."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace").strip().splitlines()
+    except OSError:
+        return "it wrote nothing"
+    return " ".join(line.strip() for line in text[-lines:]) or "it wrote nothing"
 
 
 def continue_in_background(run_dir: str | Path) -> str:
@@ -461,4 +610,4 @@ def _replay_history(state: RunState, run_dir: str) -> None:
         state.fold(event)
 
 
-__all__ = ["AttachedSession", "continue_in_background", "EngineEvent", "RunState", "TrainingSession", "is_finite", "FINAL_STATUSES", "LOG_LINES"]
+__all__ = ["AttachedSession", "LaunchedSession", "continue_in_background", "EngineEvent", "RunState", "TrainingSession", "is_finite", "FINAL_STATUSES", "LOG_LINES"]

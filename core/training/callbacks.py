@@ -106,12 +106,18 @@ class EventCallback(TrainerCallback):
         self.last_step = pending["step"]
         mean = sum(self._durations) / len(self._durations)
         remaining = max(pending["max_steps"] - pending["step"], 0)
-        gpu = peak = reserved = None
+        gpu = peak = reserved = per_rank = None
         if self._cuda:
             import torch
 
             gpu = torch.cuda.memory_allocated() / 2**30
             peak, reserved = self.memory.read()  # the window's peak holds the activations, freed by now
+        processes = self.group.world_size if self.group is not None else 1
+        if self._cuda and processes > 1 and logs:
+            # Logging steps only, which every rank reaches together (the Trainer logs on all of them): each rank
+            # must join the collective; rank 0 alone emits.
+            per_rank = self.group.gather(self.memory.run_peak_gib or 0.0)
+        tokens = pending["tokens_per_second"]
         self.emit(StepEnded(
             step=pending["step"], max_steps=pending["max_steps"], epoch=pending["epoch"],
             loss=_num(logs.get("loss")), learning_rate=_num(logs.get("learning_rate")),
@@ -119,6 +125,9 @@ class EventCallback(TrainerCallback):
             step_seconds=pending["step_seconds"],
             elapsed_seconds=time.perf_counter() - self._train_start - self._paused_total,
             eta_seconds=mean * remaining, gpu_memory_gib=gpu, peak_allocated_gib=peak, reserved_gib=reserved,
+            # The Trainer gathers every rank's token count into num_input_tokens_seen: the rate is the group's.
+            tokens_per_second_per_process=tokens / processes if tokens is not None and processes > 1 else None,
+            peak_gib_per_rank=per_rank,
         ))
 
     def _obey(self, control) -> None:

@@ -99,6 +99,18 @@ class Group:
         dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
         return tuple(bool(v) for v in tensor.tolist())
 
+    def gather(self, value: float) -> list[float]:
+        """Every rank's `value`, by rank, on every rank (one small all_gather; each rank must call it)."""
+        if not self.active:
+            return [float(value)]
+        import torch
+        import torch.distributed as dist
+
+        mine = torch.tensor([float(value)], dtype=torch.float32, device=self.device)
+        everyone = [torch.zeros_like(mine) for _ in range(self.world_size)]
+        dist.all_gather(everyone, mine)
+        return [float(t.item()) for t in everyone]
+
     def close(self) -> None:
         """Leave the group (torch warns at exit about a group never destroyed)."""
         if not self.active:

@@ -37,6 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gpus", metavar="LIST",
                         help="the GPUs to train on, as nvidia-smi numbers them (e.g. 0,2,3): sets "
                              "CUDA_VISIBLE_DEVICES and one process per GPU")
+    parser.add_argument("--run-dir-file", metavar="PATH",
+                        help="write the run folder's path to PATH once the folder exists (for programs that start "
+                             "a run and then follow its events.jsonl, as the app does)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -60,8 +63,17 @@ def run(args: argparse.Namespace) -> int:
 
     from core.training.runner import run as run_engine
 
+    on_event = display.on_event
+    if args.run_dir_file:
+        from core.spawn import write_run_dir_file
+
+        def on_event(event, show=display.on_event):
+            if type(event).__name__ == "RunStarted":
+                write_run_dir_file(args.run_dir_file, event.run_dir)
+            show(event)
+
     with stopper, display:
-        outcome = run_engine(config, display.on_event, control, resume_from=args.resume, strict=args.strict)
+        outcome = run_engine(config, on_event, control, resume_from=args.resume, strict=args.strict)
     return display.exit_code(outcome, stopper.signal_number)
 
 
@@ -116,6 +128,7 @@ def _launch(args, config, nproc: int, gpus: list[str] | None) -> int:
     from core import config as cfg
     from core import rundir
     from core.launch import launch
+    from core.spawn import write_run_dir_file
     from core.terminal import safe_print
 
     cfg.validate(config)  # a bad config fails here, once, not in every rank
@@ -142,6 +155,7 @@ def _launch(args, config, nproc: int, gpus: list[str] | None) -> int:
         worker_args.append("--strict")
     if args.output_dir:
         worker_args += ["--output-dir", args.output_dir]
+    write_run_dir_file(args.run_dir_file, run_dir)  # before any rank starts: a follower sees the run from its start
     where = f" on GPUs {','.join(gpus)}" if gpus else ""
     safe_print(f"tunetui train: {nproc} processes{where} (torch.distributed.run); run folder: {run_dir}",
                file=sys.stderr)

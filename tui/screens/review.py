@@ -1,7 +1,7 @@
 """Review & launch screen: check the whole run, adjust the training settings, save it, launch it.
 
 The resolved config as YAML, the equivalent `tunetui train` command line, batch / steps / learning-rate / output
-settings, what the run will cost, save as a preset, and Launch (focused, so Enter launches).
+settings, the GPUs (app.launch_gpus), what the run will cost, save as a preset, and Launch (Enter launches).
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from textual.widgets import Button, Collapsible, Input, Select, Static
 from core import methods
 from core.config import RunConfig, dump_yaml, load, save, to_dict
 from core.errors import TuneError
+from core.spawn import GpuPlan
 from tui.draft import Facts, fit_label
 from tui.messages import FactsChanged
 from tui.screens.setup_base import SetupScreen, get_value, parse_number, update_if_changed
@@ -76,13 +77,14 @@ def set_value(value: Any) -> str:
     return str(value)
 
 
-def train_command(config: RunConfig, base_path: str, base: RunConfig) -> str:
-    """`tunetui train BASE --set ...`: the settings of `config` that differ from the file `base_path` (holding
-    `base`), so the line reproduces this run headless."""
+def train_command(config: RunConfig, base_path: str, base: RunConfig, plan: GpuPlan | None = None) -> str:
+    """`tunetui train BASE [--nproc N | --gpus LIST] --set ...`: the settings of `config` that differ from the file
+    `base_path` (holding `base`), and the GPUs of `plan`, so the line reproduces this run headless."""
     old, new = flatten(to_dict(base)), flatten(to_dict(config))
     sets = [f"--set {shlex.quote(f'{key}={set_value(value)}')}" for key, value in new.items()
             if old.get(key) != value]
-    return " ".join(["tunetui", "train", shlex.quote(base_path), *sets])
+    gpus = [shlex.quote(arg) for arg in plan.arguments()] if plan is not None else []
+    return " ".join(["tunetui", "train", shlex.quote(base_path), *gpus, *sets])
 
 
 class ReviewScreen(SetupScreen):
@@ -120,6 +122,10 @@ class ReviewScreen(SetupScreen):
                 with Horizontal(classes="form-row"):
                     yield Static("Run name", classes="label")
                     yield Input(id="output-run-name", placeholder="(auto: model-method)", compact=True)
+                with Horizontal(classes="form-row"):
+                    yield Static("GPUs", classes="label")
+                    yield Input(self.app.launch_gpus, id="launch-gpus", compact=True, classes="number")
+                    yield Static("all, or e.g. 0,2", classes="hint")
                 with Collapsible(title="Advanced: schedule, eval, precision", collapsed=True,
                                  id="review-advanced"):
                     with Horizontal(classes="form-row"):
@@ -224,6 +230,9 @@ class ReviewScreen(SetupScreen):
             if wid == "output-run-name" and not value:
                 value = None
             self.apply({TEXT_FIELDS[wid]: value}, self.error_box, event.input)
+        elif wid == "launch-gpus":
+            self.app.launch_gpus = event.value.strip() or "all"
+            self.snapshot_changed(self.app.snapshot)  # the same redraw as a new GPU sample
         elif wid == "preset-path":
             self._show_command()
 
@@ -240,6 +249,7 @@ class ReviewScreen(SetupScreen):
     def show_config(self, config: RunConfig, from_self: bool) -> None:
         if not from_self:
             self.forget_errors(self.error_box)
+            self._check_gpus()  # not a config key: its problem outlives a redraw of the config's fields
             for wid, key in {**NUMBER_FIELDS, **TEXT_FIELDS}.items():
                 field = self.query_one(f"#{wid}", Input)
                 field.remove_class("-invalid")
@@ -284,6 +294,7 @@ class ReviewScreen(SetupScreen):
             Content.assemble(("Train  ", "dim"), f"{steps}, {t.batch_size * t.grad_accum} per step"),
         ]
         lines.append(self._memory_line(facts))
+        lines.append(self._gpu_line())
         # The split may have come with another dataset: say so where the run is launched too.
         advice = split.warning
         warning = self.query_one("#review-warning", Static)
@@ -308,20 +319,47 @@ class ReviewScreen(SetupScreen):
             verdict = Content.assemble(fit_label(fit), f" in {facts.free_gib:.1f} GiB {where}")
         return Content.assemble(("Memory ", "dim"), f"~{peak:.1f} GiB peak, ", verdict)
 
+    def _gpu_plan(self) -> GpuPlan | None:
+        """The GPUs Launch would use now (app.gpu_plan); None while they are unknown or the field is wrong."""
+        try:
+            return self.app.gpu_plan() if self.app.snapshot is not None else None
+        except TuneError:
+            return None
+
+    def _gpu_line(self) -> Content:
+        plan, sampled = self._gpu_plan(), self.app.snapshot is not None
+        return Content.assemble(("GPUs   ", "dim"), plan.describe(named=False) if plan else (
+            "see the GPUs field" if sampled else "checking the GPUs…", "dim"))
+
+    def _check_gpus(self) -> None:
+        """Mark the GPUs field and say why when it is not a list of this machine's GPUs (a GPU that goes away
+        while the screen is open shows up here too)."""
+        field, errors = self.query_one("#launch-gpus", Input), self._field_errors.setdefault(id(self.error_box), {})
+        problem = self.app.gpu_problem()
+        if errors.get(id(field)) != problem:
+            field.set_class(problem is not None, "-invalid")
+            errors.pop(id(field), None)
+            if problem is not None:
+                errors[id(field)] = problem
+            self._show_errors(self.error_box, errors, problem)
+
     def on_facts_changed(self, message: FactsChanged) -> None:
         self._show_summary()
 
     def snapshot_changed(self, snapshot: Snapshot | None) -> None:
+        self._check_gpus()
         self._show_summary()
+        self._show_command()
 
     def _show_command(self) -> None:
         base_path, base = self._command_base()
         if base is None:
             path = self.query_one("#preset-path", Input).value.strip() or DEFAULT_PRESET
-            line = f"ctrl+s saves {path}; then headless: tunetui train {shlex.quote(path)}"
+            line = f"ctrl+s saves {path}; then headless: " + train_command(self.config, path, self.config,
+                                                                          self._gpu_plan())
         else:
-            line = "Headless: " + train_command(self.config, base_path, base)
-        self.query_one("#review-command", Static).update(line)
+            line = "Headless: " + train_command(self.config, base_path, base, self._gpu_plan())
+        update_if_changed(self.query_one("#review-command", Static), line)
 
     def _command_base(self) -> tuple[str, RunConfig | None]:
         """The config file the command line starts from: the one opened or saved, else the demo preset when it

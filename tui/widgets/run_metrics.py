@@ -84,6 +84,14 @@ def progress_numbers(state) -> tuple[str, float | None, float]:
     return label, float(total) if total else None, float(state.step)
 
 
+def group_throughput(state) -> str:
+    """Under several processes: `2 · 617 tok/s each` (the group's tokens/s shared out over its processes)."""
+    each = state.tokens_per_second_per_process
+    if each is None and state.tokens_per_second is not None:
+        each = state.tokens_per_second / state.world_size
+    return f"{state.world_size} · {'–' if each is None else f'{each:,.0f}'} tok/s each"
+
+
 def metrics_table(state) -> Table:
     """Loss, learning rate, grad norm, tokens/s, times and GPU memory as a two-column grid."""
     table = Table.grid(padding=(0, 1))
@@ -104,12 +112,16 @@ def metrics_table(state) -> Table:
     row("lr", number(state.learning_rate, ".2e"))
     row("grad norm", number(state.grad_norm, ".3g"))
     row("tokens/s", "–" if state.tokens_per_second is None else f"{state.tokens_per_second:,.0f}")
+    if state.world_size > 1:
+        row("processes", group_throughput(state))
     row("step time", "–" if state.step_seconds is None else f"{state.step_seconds:.2f} s")
     row("elapsed", duration(state.elapsed_seconds if state.step or state.elapsed_seconds else None))
     row("ETA", duration(state.eta_seconds))
     if state.gpu_memory_gib is not None or state.peak_gpu_memory_gib is not None:
         peak = f" (peak {state.peak_gpu_memory_gib:.1f})" if state.peak_gpu_memory_gib is not None else ""
         row("GPU mem", f"{number(state.gpu_memory_gib, '.1f')} GiB{peak}")
+    for rank, gib in enumerate(state.peak_gib_per_rank):
+        row(f"rank {rank} peak", f"{gib:.1f} GiB")  # rank r trains on the r-th GPU the run sees
     if state.model is not None:
         share = state.model.trainable_params / state.model.total_params if state.model.total_params else 0
         trains, total = count(state.model.trainable_params, sep=""), count(state.model.total_params, sep="")
@@ -143,6 +155,7 @@ class RunMetrics(Static):
         key = (state.loss, state.eval_losses[-1] if state.eval_losses else None, state.learning_rate,
                state.grad_norm, state.tokens_per_second, state.step_seconds, round(state.elapsed_seconds),
                state.eta_seconds and round(state.eta_seconds), state.gpu_memory_gib, state.peak_gpu_memory_gib,
+               state.world_size, state.tokens_per_second_per_process, tuple(state.peak_gib_per_rank),
                id(state.model), id(state.data), tuple(sorted(state.eval_metrics.items())))
         if key != self._shown:
             self._shown = key
