@@ -339,6 +339,9 @@ class Draft:
 
 def _read_data(config: RunConfig, key: DataKey, tokenizers: dict[str, object]) -> DataReading:
     from core import demo
+    from core.imports import import_heavy
+
+    import_heavy("datasets", "transformers")  # never at the same moment as a run's or a chat's first imports
     from core.training.preview import preview
     from core.training.models import load_tokenizer
 

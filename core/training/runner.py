@@ -21,11 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core import config as cfg
-from core import methods
-from core import rundir
+from core import methods, rundir
 from core.config import RunConfig
 from core.control import RunControl
 from core.errors import TuneError
+from core.imports import import_heavy
 from core.events import (DataReady, Emit, Event, LogLine, ModelReady, PhaseChanged, RunFailed, RunFinished,
                          RunStarted)
 from core.launch import LAUNCHER_ENV, RUN_DIR_ENV
@@ -74,11 +74,14 @@ def import_engine() -> None:
     global _engine_imported
     if _engine_imported:  # runs then freeze and thaw their own objects (_Session._train, _Session._release)
         return
-    import datasets  # noqa: F401
-    import peft  # noqa: F401
-    import torch  # noqa: F401
-    from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification,  # noqa: F401
-                              AutoTokenizer, Trainer, TrainingArguments)
+    from core.imports import LOCK
+
+    with LOCK:  # the app's preview and chat workers import some of these too (core.imports says why)
+        import datasets  # noqa: F401
+        import peft  # noqa: F401
+        import torch  # noqa: F401
+        from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification,  # noqa: F401
+                                  AutoTokenizer, Trainer, TrainingArguments)
 
     gc.freeze()
     _engine_imported = True
@@ -193,6 +196,7 @@ class _Session:
 
         config = self.config
         cfg.validate(config)
+        import_heavy("torch")  # core.imports: never at the same moment as the app's other workers' first imports
         device = resolve_device(config.train.device)
         card = gpu.current_card(device)
         problem = gpu.missing_arch(card)
@@ -341,6 +345,7 @@ class _Session:
 
         # Data first: it is cheap, and a bad file should fail before seconds of imports and minutes of model loading.
         self.emit(PhaseChanged(phase="preparing_data", message=f"reading {config.data.path}"))
+        import_heavy("datasets")
         raw = load_raw(config.data, seed=config.train.seed)
         if not _engine_imported:
             self.emit(PhaseChanged(phase="preparing_data", message="importing torch, peft and transformers"))

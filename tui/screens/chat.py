@@ -49,6 +49,9 @@ def describe_target(text: str, device: str) -> tuple[Target, LoadEstimate]:
 
 def load_target(target: Target, progress: Callable[[str], None]) -> ChatModel:
     from core.chat import ChatModel
+    from core.imports import import_heavy
+
+    import_heavy("torch", "datasets", "transformers", "peft")  # never beside a preview's or a run's first imports
 
     return ChatModel.load(target, progress=progress)
 
