@@ -230,3 +230,18 @@ async def test_stop_before_the_run_folder_exists_interrupts_the_launcher(tmp_pat
         Path(app.session.log_path).write_text("tunetui train: Unknown config key (config.yaml)\n")
         await wait_for(pilot, lambda: app.session.state.status == "failed", what="the launcher's end")
         assert "Unknown config key" in app.session.state.error
+
+
+async def test_the_estimates_are_per_gpu_for_the_gpus_a_launch_will_use(tmp_path, monkeypatch):
+    """Two GPUs chosen: Method, Review and Monitor read per-GPU figures (DDP here); one chosen: one GPU's."""
+    isolate(monkeypatch, tmp_path)
+    app = create_app(sampler=ScriptedSampler([fake_snapshot((80, 80), (1, 1))]), output_dir="runs",
+                     start_screen="review")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.snapshot is not None and app.draft.facts().estimates, what="the facts")
+        both = app.draft.facts().estimates["lora"]
+        assert (both.gpus, both.strategy) == (2, "ddp")
+        app.launch_gpus = "1"
+        one = app.draft.facts().estimates["lora"]
+        assert (one.gpus, one.strategy) == (1, "single")
+        assert both.peak_gib > one.peak_gib  # DDP's gradient buckets: a replica plus its buckets on each GPU

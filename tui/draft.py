@@ -185,8 +185,9 @@ class Facts:
 
 
 def derive(config: RunConfig, reading: ShapeReading | None, rows: int | None, sampled: bool, free_gib: float | None,
-           planned: bool) -> Facts:
-    """The facts for `config` from what has been read (pure Python: the estimator and the recommender)."""
+           planned: bool, gpus: int = 1) -> Facts:
+    """The facts for `config` from what has been read (pure Python: the estimator and the recommender). With
+    `gpus` > 1 (the GPUs a launch will use) the figures are per GPU, under train.distributed's strategy."""
     from core.resources.estimate import EstimateSettings, estimate_all
     from core.resources.recommend import recommend
 
@@ -194,7 +195,7 @@ def derive(config: RunConfig, reading: ShapeReading | None, rows: int | None, sa
     if reading is None or reading.shape is None:
         return facts
     try:
-        settings = EstimateSettings.from_config(config)
+        settings = EstimateSettings.from_config(config).with_(gpus=gpus)
         if sampled:
             rec = recommend(reading.shape, settings, free_gib, rows)
             return replace(facts, estimates=rec.estimates, recommendation=rec)
@@ -237,7 +238,11 @@ class Draft:
         else:
             sampled, free = False, None
         rows = self._rows.get(config.data.path)
-        inputs = (config, reading, rows, sampled, free, plan is not None)
+        try:
+            gpus = app.gpu_plan().nproc
+        except TuneError:  # Review says what is wrong with the choice; the figures stay those of one GPU
+            gpus = 1
+        inputs = (config, reading, rows, sampled, free, plan is not None, gpus)
         if self._facts is None or not _same(inputs, self._facts_from):
             self._facts, self._facts_from = derive(*inputs), inputs
         return self._facts

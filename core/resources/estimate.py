@@ -115,7 +115,7 @@ class EstimateSettings:
             batch_size=t.batch_size, seq_len=d.max_length, gradient_checkpointing=t.gradient_checkpointing,
             precision=precision, optim=t.optim, grad_accum=t.grad_accum, lora_dropout=m.lora.dropout,
             use_dora=m.lora.use_dora, freeze_extra=tuple(m.freeze.extra_modules), weights_dtype=config.model.dtype,
-            task=estimate_task(d.format))
+            task=estimate_task(d.format), distributed=t.distributed)
 
     def with_(self, **changes: Any) -> "EstimateSettings":
         return replace(self, **changes)
