@@ -17,7 +17,8 @@ from textual.widgets import Static
 
 from tui.messages import RunsCompared
 from tui.screens.base import TuneScreen
-from tui.widgets.compare_chart import Curve, OverlayChart, legend, run_colour
+from tui.widgets.compare_chart import OverlayChart, legend, run_colour
+from tui.widgets.loss_chart import Curve
 
 DIFF_STYLE = "bold yellow"
 """How a config key whose value differs between the runs stands out."""

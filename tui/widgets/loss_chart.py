@@ -1,4 +1,5 @@
-"""A loss-over-steps chart drawn with braille dots: the train curve as a line, eval losses as markers, with axes.
+"""Loss-over-steps charts drawn with braille dots: train curves as lines, eval losses as markers, with axes; one
+run's (LossChart) or several overlaid (render_overlay, for the compare view).
 
 Hand-drawn because Textual's Sparkline shows one series with no axes or step scale, and a loss chart needs two
 series (train and eval) on a shared step axis with the loss range labelled; textual-plotext is not installed.
@@ -6,6 +7,7 @@ series (train and eval) on a shared step axis with the loss range labelled; text
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Sequence
 
 from rich.text import Text
@@ -27,25 +29,43 @@ def format_loss(value: float) -> str:
     return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
 
 
+@dataclass(frozen=True)
+class Curve:
+    """One run's points and its colour (its eval markers' too, unless `eval_style` differs)."""
+
+    name: str
+    train: Series
+    evals: Series
+    style: str
+    eval_style: str | None = None
+
+
 def render_chart(train: Series, evals: Series, width: int, height: int, *, train_style: str = "cyan",
                  eval_style: str = "magenta", axis_style: str = "dim",
                  empty_message: str = "waiting for the first loss…") -> Text:
-    """The chart as Rich Text of exactly `height` lines (each at most `width` cells)."""
-    train_pts, eval_pts = _finite(train), _finite(evals)
-    if width < 12 or height < 3 or not (train_pts or eval_pts):
+    """One run's chart: the one-curve case of render_overlay."""
+    return render_overlay([Curve("", train, evals, train_style, eval_style)], width, height, axis_style=axis_style,
+                          empty_message=empty_message, blank_style=train_style)
+
+
+def render_overlay(curves: Sequence[Curve], width: int, height: int, *, axis_style: str = "dim",
+                   empty_message: str = "no losses recorded", blank_style: str | None = None) -> Text:
+    """The overlaid chart as Rich Text of exactly `height` lines (each at most `width` cells). Blank cells take
+    `blank_style`, or (None) whichever style makes the fewest spans."""
+    points = [(_finite(c.train), _finite(c.evals), c.style, c.eval_style or c.style) for c in curves]
+    every = [p for train, evals, _, _ in points for p in train + evals]
+    if width < 12 or height < 3 or not every:
         lines = [empty_message[:width]] + [""] * (height - 1)
         return Text("\n".join(lines[:max(height, 1)]), style=axis_style)
 
-    values = [v for _, v in train_pts + eval_pts]
-    steps = [s for s, _ in train_pts + eval_pts]
+    values, steps = [v for _, v in every], [s for s, _ in every]
     low, high = min(values), max(values)
     if high - low < 1e-9:
         low, high = low - 0.5, high + 0.5
     first, last = min(steps), max(steps)
     labels = (format_loss(high), format_loss((high + low) / 2), format_loss(low))
     label_width = max(len(label) for label in labels)
-    plot_w = width - label_width - 2           # "label ┤" then the plot
-    plot_h = height - 2                        # the x axis and its step labels below
+    plot_w, plot_h = width - label_width - 2, height - 2
     if plot_w < 4 or plot_h < 1:
         return Text(f"loss {format_loss(values[-1])}", style=axis_style)
     dots_w, dots_h = plot_w * 2, plot_h * 4
@@ -53,33 +73,36 @@ def render_chart(train: Series, evals: Series, width: int, height: int, *, train
     def x_of(step: int) -> int:
         return 0 if last == first else round((step - first) / (last - first) * (dots_w - 1))
 
-    def y_of(value: float) -> int:  # 0 is the top row of dots
+    def y_of(value: float) -> int:
         return round((high - value) / (high - low) * (dots_h - 1))
 
-    cells = [[0] * plot_w for _ in range(plot_h)]
-    marks: set[tuple[int, int]] = set()
+    bits = [[0] * plot_w for _ in range(plot_h)]
+    styles: list[list[str | None]] = [[None] * plot_w for _ in range(plot_h)]
+    marks: dict[tuple[int, int], str] = {}
 
-    def dot(x: int, y: int) -> None:
-        cells[y // 4][x // 2] |= _DOT_BITS[x % 2][y % 4]
+    def dot(x: int, y: int, style: str) -> None:
+        row, col = y // 4, x // 2
+        bits[row][col] |= _DOT_BITS[x % 2][y % 4]
+        styles[row][col] = style  # where curves cross, the later run's colour shows
 
-    # Average the train losses that land in the same dot column, then join consecutive columns with straight
-    # segments so the curve reads as a line even where it jumps.
-    buckets: dict[int, list[float]] = {}
-    for step, value in train_pts:
-        buckets.setdefault(x_of(step), []).append(value)
-    previous = None
-    for x in sorted(buckets):
-        y = y_of(sum(buckets[x]) / len(buckets[x]))
-        if previous is None:
-            dot(x, y)
-        else:
-            px, py = previous
-            n = max(abs(x - px), abs(y - py), 1)
-            for i in range(1, n + 1):
-                dot(round(px + (x - px) * i / n), round(py + (y - py) * i / n))
-        previous = (x, y)
-    for step, value in eval_pts:
-        marks.add((y_of(value) // 4, x_of(step) // 2))
+    for train, _, style, _ in points:
+        buckets: dict[int, list[float]] = {}
+        for step, value in train:
+            buckets.setdefault(x_of(step), []).append(value)
+        previous = None
+        for x in sorted(buckets):
+            y = y_of(sum(buckets[x]) / len(buckets[x]))
+            if previous is None:
+                dot(x, y, style)
+            else:
+                px, py = previous
+                n = max(abs(x - px), abs(y - py), 1)
+                for i in range(1, n + 1):
+                    dot(round(px + (x - px) * i / n), round(py + (y - py) * i / n), style)
+            previous = (x, y)
+    for _, evals, _, style in points:  # eval markers on top of every line
+        for step, value in evals:
+            marks[(y_of(value) // 4, x_of(step) // 2)] = style
 
     text = Text(no_wrap=True, overflow="crop")
     label_rows = {0: labels[0], plot_h // 2: labels[1], plot_h - 1: labels[2]} if plot_h >= 3 else {
@@ -88,13 +111,14 @@ def render_chart(train: Series, evals: Series, width: int, height: int, *, train
         label = label_rows.get(row)
         text.append(f"{label:>{label_width}} ┤" if label else " " * label_width + " │", style=axis_style)
         # One span per run of same-styled cells, not per cell: Textual converts every span when it paints.
-        run_style, run_chars = train_style, []
+        run_style, run_chars = blank_style or "", []
         for col in range(plot_w):
             if (row, col) in marks:
-                char, style = _EVAL_MARK, eval_style
+                char, style = _EVAL_MARK, marks[(row, col)]
+            elif bits[row][col]:
+                char, style = chr(_BRAILLE_BASE + bits[row][col]), styles[row][col] or ""
             else:
-                bits = cells[row][col]
-                char, style = (chr(_BRAILLE_BASE + bits) if bits else " "), train_style
+                char, style = " ", run_style if blank_style is None else blank_style
             if style != run_style:
                 text.append("".join(run_chars), style=run_style)
                 run_style, run_chars = style, []
