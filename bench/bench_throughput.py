@@ -4,7 +4,8 @@ A = core.training.runner.run (what `tunetui train` runs: Trainer + event callbac
 B = a plain loop: same model and method set-up (load_model + methods.apply), same tokenized batches and collator,
     same batch size, AdamW with the same settings, gradient clipping, loss.item() each step.
 Both train packed text blocks (every sequence is exactly data.max_length tokens), so batch composition cannot
-favour either side. Timed: steps WARMUP+1 .. WARMUP+STEPS of each run, wall clock, one torch thread.
+favour either side. Timed: steps WARMUP+1 .. WARMUP+STEPS of each run, one torch thread, by wall clock and by the
+training thread's CPU time (the CPU-time ratio holds steady while other work shares the machine).
 
     .venv/bin/python bench/bench_throughput.py [--methods full,freeze,lora,qlora] [--rounds 3] [--steps 20]
 
@@ -40,8 +41,9 @@ def make_config(method: str, data_path: Path, output_dir: Path, args):
     })
 
 
-def engine_tokens_per_second(config) -> float:
-    """A: the real runner; wall time between StepEnded events, tokens from the steps they report."""
+def engine_tokens_per_second(config) -> tuple[float, float]:
+    """A: the real runner; tokens per second of wall time and of the training thread's CPU time between StepEnded
+    events, tokens from the steps they report."""
     from core.events import RunFailed, StepEnded
     from core.training.runner import run
 
@@ -50,19 +52,18 @@ def engine_tokens_per_second(config) -> float:
     def emit(event):
         if isinstance(event, StepEnded):
             tokens = (event.tokens_per_second or 0.0) * (event.step_seconds or 0.0)
-            marks.append((event.step, time.perf_counter(), tokens))
+            marks.append((event.step, time.perf_counter(), time.thread_time(), tokens))
         elif isinstance(event, RunFailed):
             raise SystemExit(f"engine run failed: {event.message}\n{event.traceback or ''}")
 
     run(config, emit)
-    start = next(t for step, t, _ in marks if step == WARMUP)
-    end = marks[-1][1]
-    tokens = sum(tok for step, _, tok in marks if step > WARMUP)
-    return tokens / (end - start)
+    start = next(m for m in marks if m[0] == WARMUP)
+    tokens = sum(m[3] for m in marks if m[0] > WARMUP)
+    return tokens / (marks[-1][1] - start[1]), tokens / (marks[-1][2] - start[2])
 
 
-def bare_tokens_per_second(config) -> float:
-    """B: the same model/method/batches/optimizer in a plain loop."""
+def bare_tokens_per_second(config) -> tuple[float, float]:
+    """B: the same model/method/batches/optimizer in a plain loop; tokens per second of wall and of CPU time."""
     import torch
     from torch.utils.data import DataLoader
 
@@ -82,7 +83,7 @@ def bare_tokens_per_second(config) -> float:
     loader = DataLoader(prepared.train, batch_size=config.train.batch_size, shuffle=True,
                         collate_fn=prepared.collator(tokenizer))
     batches = iter(loader)
-    tokens, start = 0, None
+    tokens, start, cpu_start = 0, None, None
     for step in range(1, config.train.max_steps + 1):
         batch = next(batches)
         loss = model(**batch).loss
@@ -92,10 +93,10 @@ def bare_tokens_per_second(config) -> float:
         optimizer.zero_grad(set_to_none=True)
         loss.item()  # any real loop reads the loss to show it
         if step == WARMUP:
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.thread_time()
         elif step > WARMUP:
             tokens += int(batch["attention_mask"].sum())
-    return tokens / (time.perf_counter() - start)
+    return tokens / (time.perf_counter() - start), tokens / (time.thread_time() - cpu_start)
 
 
 def text_file(folder: Path) -> Path:
@@ -135,7 +136,7 @@ def padding_table(args, tmp: Path) -> None:
     runs: dict[bool, list[float]] = {False: [], True: []}
     for _ in range(args.rounds):
         for free in (False, True):
-            runs[free].append(engine_tokens_per_second(sft_config(free)))
+            runs[free].append(engine_tokens_per_second(sft_config(free))[0])
     padded, flat = statistics.median(runs[False]), statistics.median(runs[True])
     print(f"\nSFT, LoRA, alpaca demo at max length {args.padding_seq}, batch {args.batch}: padding is "
           f"{100 * share:.0f}% of the tokens of padded batches", flush=True)
@@ -160,8 +161,8 @@ def main() -> int:
     print(f"torch threads: {torch.get_num_threads()}; demo:tiny-llama; batch {args.batch} x {args.seq} tokens "
           f"(packed text); {args.steps} timed steps after {WARMUP} warm-up; {args.rounds} A/B rounds per method",
           flush=True)
-    print(f"{'method':8} {'engine tok/s (median, min-max)':>34} {'bare tok/s (median, min-max)':>34} {'ratio':>7}",
-          flush=True)
+    print(f"{'method':8} {'engine tok/s (median, min-max)':>34} {'bare tok/s (median, min-max)':>34} {'ratio':>7} "
+          f"{'CPU-time ratio':>15}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         data_path = text_file(tmp)
@@ -171,11 +172,15 @@ def main() -> int:
             for _ in range(args.rounds):
                 engine.append(engine_tokens_per_second(config))
                 bare.append(bare_tokens_per_second(config))
-            e, b = statistics.median(engine), statistics.median(bare)
-            print(f"{method:8} {e:12,.0f} ({min(engine):,.0f}-{max(engine):,.0f}){'':8} "
-                  f"{b:12,.0f} ({min(bare):,.0f}-{max(bare):,.0f}){'':8} {e / b:7.3f}", flush=True)
-            print(f"         engine runs: {', '.join(f'{x:,.0f}' for x in engine)}; "
-                  f"bare runs: {', '.join(f'{x:,.0f}' for x in bare)}", flush=True)
+            e, b = statistics.median(x for x, _ in engine), statistics.median(x for x, _ in bare)
+            # Tokens per second of the training thread's CPU time: what each side computes, whatever else the
+            # machine runs at the same time (wall-clock ratios on a shared 2-core machine move by 10% between runs).
+            cpu = statistics.median(x for _, x in engine) / statistics.median(x for _, x in bare)
+            print(f"{method:8} {e:12,.0f} ({min(x for x, _ in engine):,.0f}-{max(x for x, _ in engine):,.0f}){'':8} "
+                  f"{b:12,.0f} ({min(x for x, _ in bare):,.0f}-{max(x for x, _ in bare):,.0f}){'':8} {e / b:7.3f} "
+                  f"{cpu:15.3f}", flush=True)
+            print(f"         engine runs: {', '.join(f'{x:,.0f}' for x, _ in engine)}; "
+                  f"bare runs: {', '.join(f'{x:,.0f}' for x, _ in bare)}", flush=True)
         if not args.no_padding:
             padding_table(args, tmp)
     return 0
