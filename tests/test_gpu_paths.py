@@ -256,6 +256,38 @@ def test_step_events_carry_the_step_window_peak_and_reserved_memory(fake_cuda, m
     assert old.peak_allocated_gib is None and old.reserved_gib is None
 
 
+def test_the_run_view_and_the_cli_put_the_measured_peak_beside_the_estimate(capsys):
+    from rich.console import Console
+
+    from core.events import RunFinished
+    from tui.commands.train import _Display
+    from tui.session import RunState
+    from tui.widgets.run_metrics import metrics_table
+
+    def table(state) -> str:
+        console = Console(width=40, record=True, color_system=None)
+        console.print(metrics_table(state))
+        return " ".join(console.export_text().split())
+
+    step = StepEnded(step=1, max_steps=2, epoch=0.5, gpu_memory_gib=1.0, peak_allocated_gib=19.8, reserved_gib=20.5)
+    done = RunFinished(run_dir="runs/r", final_dir="runs/r/final", step=2, max_steps=2, peak_gpu_memory_gib=19.8,
+                       estimated_peak_gib=21.4, reserved_gib=21.0)
+    running = table(RunState.from_events([step]))
+    assert "GPU mem 1.0 GiB (peak 19.8)" in running and "reserved 20.5 GiB" in running
+    assert "estimate" not in running  # the estimate arrives with RunFinished
+    finished = table(RunState.from_events([step, done]))
+    assert "GPU mem 1.0 GiB (peak 19.8) reserved 21.0 GiB estimate 21.4 GiB peak" in finished
+
+    _Display().on_event(done)
+    assert ("GPU memory: estimated 21.4 GiB, measured 19.8 GiB peak allocated (21.0 GiB reserved by torch; "
+            "nvidia-smi adds the CUDA context)") in " ".join(capsys.readouterr().err.split())
+    # A CPU run measured nothing: no GPU line, no estimate row.
+    on_cpu = RunFinished(run_dir="runs/r", final_dir="runs/r/final", step=2, max_steps=2, estimated_peak_gib=0.8)
+    _Display().on_event(on_cpu)
+    assert "GPU memory" not in capsys.readouterr().err
+    assert "estimate" not in table(RunState.from_events([on_cpu]))
+
+
 def test_a_run_peak_counts_the_window_in_progress(fake_cuda, monkeypatch):
     import torch
 
