@@ -15,8 +15,9 @@ from types import SimpleNamespace
 
 import pytest
 
+from core import rundir
 from core.errors import TuneError
-from core.events import LogLine, RunFailed, StepEnded, from_dict
+from core.events import LogLine, ModelReady, RunFailed, StepEnded, from_dict, read_events
 from core.resources.gpus import SystemSampler
 from core.training import gpu
 from helpers_gpus import fake_snapshot
@@ -94,6 +95,29 @@ def test_precision_is_bf16_only_where_the_card_has_it_natively(card, requested, 
     assert choice.precision == expected
     if card is T4 and requested == "auto":
         assert choice.reason == "Tesla T4 (sm75): no native bf16, training in fp16 mixed precision"
+
+
+def test_the_precision_line_says_why_a_run_is_on_the_cpu():
+    assert gpu.decide_precision("auto", "cpu", None, "auto").reason == "CPU (no CUDA GPU visible): training in fp32"
+    assert gpu.decide_precision("auto", "cpu", None, "cpu").reason == "CPU (train.device: cpu): training in fp32"
+    assert (gpu.decide_precision("bf16", "cpu", None, "cpu").reason
+            == "CPU (train.device: cpu): training in bf16 (train.precision: bf16)")
+
+
+def test_a_runs_log_and_events_name_its_device_precision_and_why(lora_run):
+    """On this machine's device (the CPU here; the GPU's own line is describe_device's, tested above)."""
+    outcome, events = lora_run
+    config = rundir.load_run_config(outcome.run_dir)
+    [ready] = [e for e in events if isinstance(e, ModelReady)]
+    expected = gpu.decide_precision(config.train.precision, ready.device, gpu.current_card(ready.device),
+                                    config.train.device)
+    assert ready.precision == expected.precision
+    on_disk = [e.message for e in read_events(outcome.run_dir / rundir.EVENTS_FILE) if isinstance(e, LogLine)]
+    assert expected.reason in on_disk
+    if ready.device == "cpu":
+        assert expected.reason == "CPU (no CUDA GPU visible): training in fp32"
+    else:
+        assert any(m.startswith("Training on ") for m in on_disk)
 
 
 def test_bf16_asked_for_on_a_card_without_it_is_a_user_error():
@@ -179,7 +203,6 @@ def test_a_run_in_fp16_loads_half_weights_and_trains_fp32_ones(kind, frozen, tmp
     import torch
 
     from core.control import RunControl
-    from core.events import ModelReady
     from core.training.runner import _Session
 
     config = small_config(tmp_path, method={"kind": kind})
@@ -192,7 +215,7 @@ def test_a_run_in_fp16_loads_half_weights_and_trains_fp32_ones(kind, frozen, tmp
     if frozen:
         assert (False, torch.float16) in dtypes and (False, torch.float32) not in dtypes
     [ready] = [e for e in events if isinstance(e, ModelReady)]
-    assert ready.dtype == (frozen or "float32")
+    assert ready.dtype == (frozen or "float32") and ready.precision == "fp16"
 
 
 def test_the_memory_check_counts_a_t4_run_in_fp16_not_bf16(tmp_path):
@@ -597,6 +620,21 @@ def test_the_log_names_the_gpu_of_a_mig_slice(monkeypatch):
     snap = SystemSampler(env={}).sample()
     text = gpu.describe_device(0, A100, "MIG-bbbb0000-2222", snap.gpus, 1, snap.migs)
     assert text.startswith("Training on GPU 0 (") and "stay idle" not in text
+
+
+def test_a_gpu_runs_log_line_reads_cuda_and_nvml(fake_cuda, monkeypatch, caplog):
+    """What the runner logs when training starts on a GPU (trainargs.log_device), from faked CUDA and NVML."""
+    from core.training.trainargs import log_device
+
+    _fake_nvml(monkeypatch)
+    fake_cuda(A100, count=1)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-0002-cccc")
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    with caplog.at_level("INFO", logger="core.training.trainargs"):
+        log_device()
+    assert ("Training on GPU 2 (NVIDIA A100-SXM4-80GB, sm80; CUDA device 0 with CUDA_VISIBLE_DEVICES=GPU-0002-cccc)"
+            in caplog.messages)
 
 
 def test_a_cublas_allocation_failure_is_reported_as_out_of_memory_with_the_measured_peak(tmp_path, small_config,
