@@ -398,6 +398,23 @@ def test_a_mig_slice_in_cuda_visible_devices_is_the_gpu_a_run_uses(monkeypatch, 
     assert check.free_gib == 9.0
 
 
+def test_tunetui_gpus_lists_the_mig_slices_and_marks_the_one_a_run_uses(monkeypatch, capsys):
+    import argparse
+
+    from tui.commands import gpus as command
+
+    _fake_nvml(monkeypatch)
+    parser = argparse.ArgumentParser()
+    command.add_arguments(parser)
+    sampler = SystemSampler(env={"CUDA_VISIBLE_DEVICES": "MIG-bbbb0000-2222"})
+    assert command.run(parser.parse_args([]), sampler=sampler) == 0
+    lines = capsys.readouterr().out.splitlines()
+    [used] = [line for line in lines if "│ 0:2 │" in line]
+    [other] = [line for line in lines if "│ 0:0 │" in line]
+    assert "1.0 / 10.0" in used and "9.0" in used and "✓" in used and "✓" not in other
+    assert "CUDA_VISIBLE_DEVICES: a run uses MIG slice 0:2" in lines
+
+
 def test_one_unreadable_gpu_leaves_the_others_found_with_their_indices(monkeypatch):
     _fake_nvml(monkeypatch)
     snap = SystemSampler(env={"CUDA_VISIBLE_DEVICES": "GPU-0002-cccc"}).sample()
