@@ -4,6 +4,9 @@ For each model (random weights built from a real config in bench/configs/: Qwen2
 Llama-3.2-3B), each method (full, freeze: top 2 blocks, lora/qlora: all linear layers, r 8) and each batch x
 length setting, it runs core.training.runner.run for --steps steps on packed text (every sequence exactly the
 setting's length) and prints one row:
+- prec: what the engine trains in (bf16 on sm80+, fp16 mixed precision on older cards, fp32 on the CPU; the
+  engine's ModelReady), with the engine's own lines naming the GPU and why that precision printed once above the
+  table;
 - est card / NVML: the estimated peak (core.resources.estimate) beside the most memory NVML saw in use on the
   card during the run (sampled every 50 ms; includes the CUDA context and anything else on the card);
 - est alloc / torch: the estimate less its CUDA context and allocator slack, beside torch.cuda.max_memory_allocated;
@@ -55,6 +58,12 @@ def peak_tflops(name: str, override: float | None) -> tuple[float | None, str]:
         if key in name:
             return value, f"{value:g} TFLOP/s dense bf16 ({key} data sheet)"
     return None, "unknown for this card: MFU not shown (give --peak-tflops)"
+
+
+def device_log_line(message: str) -> bool:
+    """The engine's log lines naming the GPU, the precision and why (core.training.gpu: describe_device,
+    decide_precision, the fp16 upcast)."""
+    return message.startswith(("Training on ", "fp16 mixed precision:")) or ": training in " in message
 
 
 def build_model_dir(raw_config: dict, folder: Path, device: str) -> int:
@@ -123,7 +132,7 @@ class NvmlPeak:
 
 def run_one(model_dir: Path, data_path: Path, out_dir: Path, method: str, setting, steps: int, device: str) -> dict:
     from core import config as cfg
-    from core.events import RunFailed, StepEnded
+    from core.events import LogLine, ModelReady, RunFailed, StepEnded
     from core.training.runner import run
 
     batch, length, checkpointing = setting
@@ -138,14 +147,19 @@ def run_one(model_dir: Path, data_path: Path, out_dir: Path, method: str, settin
     steps_seen: list[StepEnded] = []
     failure: list[str] = []
 
+    row = {"method": method, "batch": batch, "length": length, "checkpointing": checkpointing, "precision": None,
+           "device_log": [],
+           "est_card_gib": None, "nvml_gib": None, "est_alloc_gib": None, "torch_gib": None, "tokens_per_s": None}
+
     def emit(event):
         if isinstance(event, StepEnded):
             steps_seen.append(event)
+        elif isinstance(event, ModelReady):
+            row["precision"] = event.precision
+        elif isinstance(event, LogLine) and device_log_line(event.message):
+            row["device_log"].append(event.message)  # "Training on GPU 0 (...)", "...: training in bf16 ..."
         elif isinstance(event, RunFailed):
             failure.append(event.message)
-
-    row = {"method": method, "batch": batch, "length": length, "checkpointing": checkpointing,
-           "est_card_gib": None, "nvml_gib": None, "est_alloc_gib": None, "torch_gib": None, "tokens_per_s": None}
     from core.resources.estimate import EstimateSettings, estimate
     try:
         from core.resources.shape import load_shape
@@ -187,8 +201,8 @@ def print_row(model: str, row: dict) -> None:
         err = (row["est_alloc_gib"] - row["torch_gib"]) / row["torch_gib"] * 100
     mfu = None if row.get("mfu") is None else row["mfu"] * 100
     tail = f"   failed: {row['error']}" if row.get("error") else ""
-    print(f"{model:14} {row['method']:7} {setting:12} {fmt(row['est_card_gib']):>8} {fmt(row['nvml_gib']):>8} "
-          f"{fmt(row['est_alloc_gib']):>9} {fmt(row['torch_gib']):>8} {fmt(err, '+.0f'):>6} "
+    print(f"{model:14} {row['method']:7} {setting:12} {row['precision'] or 'n/a':>4} {fmt(row['est_card_gib']):>8} "
+          f"{fmt(row['nvml_gib']):>8} {fmt(row['est_alloc_gib']):>9} {fmt(row['torch_gib']):>8} {fmt(err, '+.0f'):>6} "
           f"{fmt(row['tokens_per_s'], ',.0f'):>9} {fmt(mfu, '.1f'):>6}{tail}", flush=True)
 
 
@@ -221,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     elif not torch.cuda.is_available():
         print(f"No CUDA GPU here: nothing run. On a GPU this trains {', '.join(methods)} on random-weight "
               f"{', '.join(models)} for {args.steps} steps at {len(settings)} batch x length setting(s) and prints "
-              "peak memory (torch, NVML) against the estimate, tokens/s and MFU. --cpu-smoke runs the path on the CPU.")
+              "the GPU and precision the engine chose, peak memory (torch, NVML) against the estimate, tokens/s and "
+              "MFU. --cpu-smoke runs the path on the CPU.")
         return 0
     else:
         device, steps = "cuda", args.steps
@@ -230,9 +245,10 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"{card}; MFU against {peak_text}; {steps} steps per run, tok/s after {WARMUP} warm-up steps; "
           "memory in GiB; err = (est alloc - torch) / torch", flush=True)
-    print(f"{'model':14} {'method':7} {'batch x len':12} {'est card':>8} {'NVML':>8} {'est alloc':>9} {'torch':>8} "
-          f"{'err %':>6} {'tok/s':>9} {'MFU %':>6}", flush=True)
+    print(f"{'model':14} {'method':7} {'batch x len':12} {'prec':>4} {'est card':>8} {'NVML':>8} {'est alloc':>9} "
+          f"{'torch':>8} {'err %':>6} {'tok/s':>9} {'MFU %':>6}", flush=True)
     rows = []
+    device_log = None
     with tempfile.TemporaryDirectory(prefix="tunetui-gpu-check-") as tmp:
         tmp = Path(tmp)
         data_path = text_file(tmp)
@@ -243,6 +259,9 @@ def main(argv: list[str] | None = None) -> int:
             for setting in settings:
                 for method in methods:
                     row = run_one(model_dir, data_path, tmp / "runs", method, setting, steps, device)
+                    if row["device_log"] and row["device_log"] != device_log:  # the engine's GPU and precision
+                        device_log = row["device_log"]
+                        print("\n".join(f"  {line}" for line in device_log), flush=True)
                     row.update(model=model, params=n_params, device=card,
                                mfu=6 * n_params * row["tokens_per_s"] / (peak * 1e12)
                                if peak and row["tokens_per_s"] else None)

@@ -62,8 +62,12 @@ class ModelReady(Event):
     method: str
     device: str
     dtype: str
+    """The base weights' dtype (QLoRA: its compute dtype), e.g. float16."""
     distributed: str | None = None
     """How the processes share the model: ddp | fsdp; None for one process."""
+    precision: str | None = None
+    """What the Trainer trains in: bf16 | fp16 (mixed precision) | fp32, as chosen for the card (the log says
+    why); None from an older engine."""
 
 
 @dataclass(frozen=True)

@@ -41,11 +41,16 @@ def test_cpu_smoke_prints_a_filled_row_per_method(tmp_path):
     rows = {line.split()[1]: line.split() for line in result.stdout.splitlines() if line.startswith("tiny-llama")}
     assert sorted(rows) == ["freeze", "full", "lora", "qlora"], result.stdout
     for method, cells in rows.items():
-        # model method setting est-card NVML est-alloc torch err tok/s MFU: measured memory and MFU are n/a on CPU
-        assert len(cells) == 10, cells
-        assert cells[3] != "n/a" and cells[5] != "n/a", cells
-        assert cells[4] == cells[6] == cells[9] == "n/a", cells
-        assert float(cells[8].replace(",", "")) > 0, cells
+        # model method setting prec est-card NVML est-alloc torch err tok/s MFU: measured memory and MFU are n/a on
+        # the CPU, which trains in fp32
+        assert len(cells) == 11, cells
+        assert cells[3] == "fp32", cells
+        assert cells[4] != "n/a" and cells[6] != "n/a", cells
+        assert cells[5] == cells[7] == cells[10] == "n/a", cells
+        assert float(cells[9].replace(",", "")) > 0, cells
+    # The engine's own line saying where it trains, in what and why, once above the rows
+    assert result.stdout.count("  CPU") == 1 and "training in fp32" in result.stdout, result.stdout
     saved = json.loads(out.read_text())
     assert [r["method"] for r in saved["rows"]] == ["full", "freeze", "lora", "qlora"]
     assert all(r["tokens_per_s"] > 0 and r["est_card_gib"] > 0 and "error" not in r for r in saved["rows"])
+    assert {r["precision"] for r in saved["rows"]} == {"fp32"}

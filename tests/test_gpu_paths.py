@@ -15,8 +15,9 @@ from types import SimpleNamespace
 
 import pytest
 
+from core import rundir
 from core.errors import TuneError
-from core.events import LogLine, RunFailed, StepEnded, from_dict
+from core.events import LogLine, ModelReady, RunFailed, StepEnded, from_dict, read_events
 from core.resources.gpus import SystemSampler
 from core.training import gpu
 from helpers_gpus import fake_snapshot
@@ -94,6 +95,29 @@ def test_precision_is_bf16_only_where_the_card_has_it_natively(card, requested, 
     assert choice.precision == expected
     if card is T4 and requested == "auto":
         assert choice.reason == "Tesla T4 (sm75): no native bf16, training in fp16 mixed precision"
+
+
+def test_the_precision_line_says_why_a_run_is_on_the_cpu():
+    assert gpu.decide_precision("auto", "cpu", None, "auto").reason == "CPU (no CUDA GPU visible): training in fp32"
+    assert gpu.decide_precision("auto", "cpu", None, "cpu").reason == "CPU (train.device: cpu): training in fp32"
+    assert (gpu.decide_precision("bf16", "cpu", None, "cpu").reason
+            == "CPU (train.device: cpu): training in bf16 (train.precision: bf16)")
+
+
+def test_a_runs_log_and_events_name_its_device_precision_and_why(lora_run):
+    """On this machine's device (the CPU here; the GPU's own line is describe_device's, tested above)."""
+    outcome, events = lora_run
+    config = rundir.load_run_config(outcome.run_dir)
+    [ready] = [e for e in events if isinstance(e, ModelReady)]
+    expected = gpu.decide_precision(config.train.precision, ready.device, gpu.current_card(ready.device),
+                                    config.train.device)
+    assert ready.precision == expected.precision
+    on_disk = [e.message for e in read_events(outcome.run_dir / rundir.EVENTS_FILE) if isinstance(e, LogLine)]
+    assert expected.reason in on_disk
+    if ready.device == "cpu":
+        assert expected.reason == "CPU (no CUDA GPU visible): training in fp32"
+    else:
+        assert any(m.startswith("Training on ") for m in on_disk)
 
 
 def test_bf16_asked_for_on_a_card_without_it_is_a_user_error():
@@ -179,7 +203,6 @@ def test_a_run_in_fp16_loads_half_weights_and_trains_fp32_ones(kind, frozen, tmp
     import torch
 
     from core.control import RunControl
-    from core.events import ModelReady
     from core.training.runner import _Session
 
     config = small_config(tmp_path, method={"kind": kind})
@@ -192,7 +215,7 @@ def test_a_run_in_fp16_loads_half_weights_and_trains_fp32_ones(kind, frozen, tmp
     if frozen:
         assert (False, torch.float16) in dtypes and (False, torch.float32) not in dtypes
     [ready] = [e for e in events if isinstance(e, ModelReady)]
-    assert ready.dtype == (frozen or "float32")
+    assert ready.dtype == (frozen or "float32") and ready.precision == "fp16"
 
 
 def test_the_memory_check_counts_a_t4_run_in_fp16_not_bf16(tmp_path):
@@ -254,6 +277,38 @@ def test_step_events_carry_the_step_window_peak_and_reserved_memory(fake_cuda, m
     # A log written before these fields existed still reads, and still folds its end-of-step figure.
     old = from_dict({"event": "StepEnded", "step": 1, "max_steps": 3, "epoch": 0.1, "gpu_memory_gib": 1.5})
     assert old.peak_allocated_gib is None and old.reserved_gib is None
+
+
+def test_the_run_view_and_the_cli_put_the_measured_peak_beside_the_estimate(capsys):
+    from rich.console import Console
+
+    from core.events import RunFinished
+    from tui.commands.train import _Display
+    from tui.session import RunState
+    from tui.widgets.run_metrics import metrics_table
+
+    def table(state) -> str:
+        console = Console(width=40, record=True, color_system=None)
+        console.print(metrics_table(state))
+        return " ".join(console.export_text().split())
+
+    step = StepEnded(step=1, max_steps=2, epoch=0.5, gpu_memory_gib=1.0, peak_allocated_gib=19.8, reserved_gib=20.5)
+    done = RunFinished(run_dir="runs/r", final_dir="runs/r/final", step=2, max_steps=2, peak_gpu_memory_gib=19.8,
+                       estimated_peak_gib=21.4, reserved_gib=21.0)
+    running = table(RunState.from_events([step]))
+    assert "GPU mem 1.0 GiB (peak 19.8)" in running and "reserved 20.5 GiB" in running
+    assert "estimate" not in running  # the estimate arrives with RunFinished
+    finished = table(RunState.from_events([step, done]))
+    assert "GPU mem 1.0 GiB (peak 19.8) reserved 21.0 GiB estimate 21.4 GiB peak" in finished
+
+    _Display().on_event(done)
+    assert ("GPU memory: estimated 21.4 GiB, measured 19.8 GiB peak allocated (21.0 GiB reserved by torch; "
+            "nvidia-smi adds the CUDA context)") in " ".join(capsys.readouterr().err.split())
+    # A CPU run measured nothing: no GPU line, no estimate row.
+    on_cpu = RunFinished(run_dir="runs/r", final_dir="runs/r/final", step=2, max_steps=2, estimated_peak_gib=0.8)
+    _Display().on_event(on_cpu)
+    assert "GPU memory" not in capsys.readouterr().err
+    assert "estimate" not in table(RunState.from_events([on_cpu]))
 
 
 def test_a_run_peak_counts_the_window_in_progress(fake_cuda, monkeypatch):
@@ -341,6 +396,23 @@ def test_a_mig_slice_in_cuda_visible_devices_is_the_gpu_a_run_uses(monkeypatch, 
 
     check = preflight(small_config(tmp_path, train={"device": "auto"}), snap)
     assert check.free_gib == 9.0
+
+
+def test_tunetui_gpus_lists_the_mig_slices_and_marks_the_one_a_run_uses(monkeypatch, capsys):
+    import argparse
+
+    from tui.commands import gpus as command
+
+    _fake_nvml(monkeypatch)
+    parser = argparse.ArgumentParser()
+    command.add_arguments(parser)
+    sampler = SystemSampler(env={"CUDA_VISIBLE_DEVICES": "MIG-bbbb0000-2222"})
+    assert command.run(parser.parse_args([]), sampler=sampler) == 0
+    lines = capsys.readouterr().out.splitlines()
+    [used] = [line for line in lines if "│ 0:2 │" in line]
+    [other] = [line for line in lines if "│ 0:0 │" in line]
+    assert "1.0 / 10.0" in used and "9.0" in used and "✓" in used and "✓" not in other
+    assert "CUDA_VISIBLE_DEVICES: a run uses MIG slice 0:2" in lines
 
 
 def test_one_unreadable_gpu_leaves_the_others_found_with_their_indices(monkeypatch):
@@ -565,6 +637,21 @@ def test_the_log_names_the_gpu_of_a_mig_slice(monkeypatch):
     snap = SystemSampler(env={}).sample()
     text = gpu.describe_device(0, A100, "MIG-bbbb0000-2222", snap.gpus, 1, snap.migs)
     assert text.startswith("Training on GPU 0 (") and "stay idle" not in text
+
+
+def test_a_gpu_runs_log_line_reads_cuda_and_nvml(fake_cuda, monkeypatch, caplog):
+    """What the runner logs when training starts on a GPU (trainargs.log_device), from faked CUDA and NVML."""
+    from core.training.trainargs import log_device
+
+    _fake_nvml(monkeypatch)
+    fake_cuda(A100, count=1)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-0002-cccc")
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    with caplog.at_level("INFO", logger="core.training.trainargs"):
+        log_device()
+    assert ("Training on GPU 2 (NVIDIA A100-SXM4-80GB, sm80; CUDA device 0 with CUDA_VISIBLE_DEVICES=GPU-0002-cccc)"
+            in caplog.messages)
 
 
 def test_a_cublas_allocation_failure_is_reported_as_out_of_memory_with_the_measured_peak(tmp_path, small_config,

@@ -81,7 +81,12 @@ class RunState:
     eta_seconds: float | None = None
     gpu_memory_gib: float | None = None
     peak_gpu_memory_gib: float | None = None
+    """The most memory allocated on the GPU in the run so far, activations included (StepEnded's window peaks,
+    then RunFinished's or an out-of-memory RunFailed's figure)."""
+    reserved_gib: float | None = None
+    """Held by torch's caching allocator: the last step's, then the run's most (RunFinished, RunFailed)."""
     estimated_peak_gib: float | None = None
+    """The memory check's estimate of the run's peak (RunFinished), to read beside the measured peak."""
     model: ModelReady | None = None
     data: DataReady | None = None
     checkpoint: str | None = None
@@ -170,6 +175,8 @@ class RunState:
             self.train_loss = event.train_loss
             if event.peak_gpu_memory_gib is not None:
                 self.peak_gpu_memory_gib = event.peak_gpu_memory_gib
+            if event.reserved_gib is not None:
+                self.reserved_gib = event.reserved_gib
             self.estimated_peak_gib = event.estimated_peak_gib
             self.eta_seconds = None
         elif isinstance(event, RunFailed):
@@ -178,6 +185,8 @@ class RunState:
             self.run_dir = event.run_dir or self.run_dir
             if event.peak_gpu_memory_gib is not None:  # out of memory: what the run had when it failed
                 self.peak_gpu_memory_gib = max(self.peak_gpu_memory_gib or 0.0, event.peak_gpu_memory_gib)
+            if event.reserved_gib is not None:
+                self.reserved_gib = event.reserved_gib
             if event.step is not None:
                 self.step = max(self.step, event.step)
             self.eta_seconds = None
@@ -206,7 +215,7 @@ class RunState:
             if not is_finite(event.loss) and self.first_nonfinite_step is None:
                 self.first_nonfinite_step = event.step
         for name in ("learning_rate", "grad_norm", "tokens_per_second", "tokens_per_second_per_process",
-                     "step_seconds", "eta_seconds", "gpu_memory_gib"):
+                     "step_seconds", "eta_seconds", "gpu_memory_gib", "reserved_gib"):
             value = getattr(event, name)
             if value is not None or name == "eta_seconds":
                 setattr(self, name, value)

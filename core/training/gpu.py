@@ -65,19 +65,21 @@ class Precision:
     """One sentence for the log, e.g. "Tesla T4 (sm75): no native bf16, training in fp16 mixed precision"."""
 
 
-def decide_precision(requested: str, device: str, card: Card | None) -> Precision:
+def decide_precision(requested: str, device: str, card: Card | None, asked_device: str | None = None) -> Precision:
     """train.precision (auto | bf16 | fp16 | fp32) on this device → the Trainer's precision and why.
 
     `auto` is bf16 only where the card has it natively (sm80+), fp16 on older GPUs, fp32 on the CPU.
+    `asked_device` (train.device) lets the reason say why a run is on the CPU.
     """
     cuda = device.startswith("cuda")
     if not cuda:
         if requested == "fp16":
             raise TuneError("train.precision is fp16, which needs a CUDA GPU", "train.precision",
                             "Use train.precision: auto (fp32 on CPU) or bf16")
+        where = {"auto": "CPU (no CUDA GPU visible)", "cpu": "CPU (train.device: cpu)"}.get(asked_device, "CPU")
         if requested == "auto":
-            return Precision("fp32", "CPU: training in fp32")
-        return Precision(requested, f"CPU: training in {requested} (train.precision: {requested})")
+            return Precision("fp32", f"{where}: training in fp32")
+        return Precision(requested, f"{where}: training in {requested} (train.precision: {requested})")
     where = str(card) if card else "this GPU"
     if requested == "auto":
         if card is not None and card.native_bf16:

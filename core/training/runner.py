@@ -202,7 +202,7 @@ class _Session:
         problem = gpu.missing_arch(card)
         if problem:  # else the first kernel fails with "no kernel image is available for execution on the device"
             raise TuneError(problem, "train.device", "Install a matching torch build, or use train.device: cpu")
-        choice = gpu.decide_precision(config.train.precision, device, card)
+        choice = gpu.decide_precision(config.train.precision, device, card, config.train.device)
         precision = self.precision = choice.precision
         if card is not None:
             import torch
@@ -400,7 +400,8 @@ class _Session:
                          "gradients)", upcast)
         self.emit(ModelReady(trainable_params=report.trainable_params, total_params=report.total_params,
                              trainable_modules=report.trainable_modules, method=config.method.kind, device=device,
-                             dtype=str(dtype).removeprefix("torch."), distributed=self.strategy))
+                             dtype=str(dtype).removeprefix("torch."), distributed=self.strategy,
+                             precision=precision))
         return prepared, tokenizer, model, model_dir
 
     def _progress(self, phase: str):

@@ -46,7 +46,8 @@ def print_snapshot(snapshot, console=None) -> None:
     if not snapshot.gpus:
         console.print(f"[yellow]{snapshot.gpu_status}[/]: training would run on the CPU.")
     else:
-        used_by_run = {g.index for g in snapshot.run_gpus()}
+        # (GPU, MIG slice): a GPU in MIG mode is used through its slices, which CUDA sees instead of it
+        used_by_run = {(g.index, g.mig_index) for g in snapshot.run_gpus()}
         table = Table(title="GPUs", title_justify="left")
         for col, justify in (("#", "right"), ("name", "left"), ("memory used / total GiB", "right"),
                              ("free GiB", "right"), ("util", "right"), ("temp", "right"), ("power / limit W", "right"),
@@ -56,10 +57,16 @@ def print_snapshot(snapshot, console=None) -> None:
             table.add_row(str(g.index), g.name, f"{_num(g.memory_used_gib)} / {_num(g.memory_total_gib)}",
                           _num(g.memory_free_gib), _num(g.utilization_pct, "{:.0f}%"),
                           _num(g.temperature_c, "{:.0f}°C"), f"{_num(g.power_w, '{:.0f}')} / "
-                          f"{_num(g.power_limit_w, '{:.0f}')}", "✓" if g.index in used_by_run else "")
+                          f"{_num(g.power_limit_w, '{:.0f}')}", "✓" if (g.index, None) in used_by_run else "")
+            for m in (m for m in snapshot.migs if m.index == g.index):  # its MIG slices, as GPU:slice
+                table.add_row(f"{m.index}:{m.mig_index}", m.name,
+                              f"{_num(m.memory_used_gib)} / {_num(m.memory_total_gib)}", _num(m.memory_free_gib),
+                              "", "", "", "✓" if (m.index, m.mig_index) in used_by_run else "")
         console.print(table)
         if snapshot.visible is not None:
-            console.print(f"CUDA_VISIBLE_DEVICES: a run uses GPU {', '.join(map(str, snapshot.visible)) or 'none'}")
+            named = [f"{m.index}:{m.mig_index}" for m in snapshot.run_gpus() if m.mig_index is not None]
+            console.print("CUDA_VISIBLE_DEVICES: a run uses " + (f"MIG slice {', '.join(named)}" if named else
+                          f"GPU {', '.join(map(str, snapshot.visible)) or 'none'}"))
         procs = [(g.index, p) for g in snapshot.gpus for p in g.processes]
         if procs:
             ptable = Table(title="GPU processes", title_justify="left")

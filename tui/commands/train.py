@@ -321,6 +321,8 @@ class _Display:
         else:
             loss = f", mean train loss {e.train_loss:.4f}" if e.train_loss is not None else ""
             self.note(f"[bold green]finished[/]: {e.step} steps{loss}. Model: {e.final_dir}")
+        if e.peak_gpu_memory_gib is not None:
+            self.note(gpu_memory_summary(e))
 
     def _on_RunFailed(self, e):
         self._stop_bar()
@@ -403,3 +405,16 @@ def _escape(text: str) -> str:
     from rich.markup import escape
 
     return escape(text)
+
+
+def gpu_memory_summary(event) -> str:
+    """A finished run's GPU memory, measured beside the estimate: `GPU memory: estimated 21.4 GiB, measured 19.8
+    GiB peak allocated (21.0 GiB reserved by torch; nvidia-smi adds the CUDA context)`."""
+    parts = []
+    if event.estimated_peak_gib is not None:
+        parts.append(f"estimated {event.estimated_peak_gib:.1f} GiB")
+    parts.append(f"measured {event.peak_gpu_memory_gib:.1f} GiB peak allocated")
+    text = "GPU memory: " + ", ".join(parts)
+    if event.reserved_gib is not None:
+        text += f" ({event.reserved_gib:.1f} GiB reserved by torch; nvidia-smi adds the CUDA context)"
+    return text

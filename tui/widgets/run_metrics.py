@@ -120,6 +120,10 @@ def metrics_table(state) -> Table:
     if state.gpu_memory_gib is not None or state.peak_gpu_memory_gib is not None:
         peak = f" (peak {state.peak_gpu_memory_gib:.1f})" if state.peak_gpu_memory_gib is not None else ""
         row("GPU mem", f"{number(state.gpu_memory_gib, '.1f')} GiB{peak}")
+        if state.reserved_gib is not None:
+            row("reserved", f"{state.reserved_gib:.1f} GiB")  # torch's cache: nvidia-smi shows this + the context
+        if state.estimated_peak_gib is not None and state.peak_gpu_memory_gib is not None:
+            row("estimate", f"{state.estimated_peak_gib:.1f} GiB peak")  # beside the measured peak above
     for rank, gib in enumerate(state.peak_gib_per_rank):
         row(f"rank {rank} peak", f"{gib:.1f} GiB")  # rank r trains on the r-th GPU the run sees
     if state.model is not None:
@@ -155,6 +159,7 @@ class RunMetrics(Static):
         key = (state.loss, state.eval_losses[-1] if state.eval_losses else None, state.learning_rate,
                state.grad_norm, state.tokens_per_second, state.step_seconds, round(state.elapsed_seconds),
                state.eta_seconds and round(state.eta_seconds), state.gpu_memory_gib, state.peak_gpu_memory_gib,
+               state.reserved_gib, state.estimated_peak_gib,
                state.world_size, state.tokens_per_second_per_process, tuple(state.peak_gib_per_rank),
                id(state.model), id(state.data), tuple(sorted(state.eval_metrics.items())))
         if key != self._shown:
