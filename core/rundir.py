@@ -184,13 +184,16 @@ def checkpoints(run_dir: str | Path) -> list[Path]:
 
 
 def incomplete_checkpoints(run_dir: str | Path) -> list[tuple[Path, str]]:
-    """(folder, what is wrong) for each checkpoint-N folder that cannot be resumed from, oldest first."""
+    """(folder, what is wrong) for each checkpoint-N folder that cannot be resumed from, oldest first: torn ones in
+    checkpoints/, and the one a process was still writing into checkpoints/.partial/ when it ended (kill -9)."""
     found = []
     for path in _checkpoint_dirs(run_dir):
         problem = checkpoint_problem(path)
         if problem is not None:
             found.append((path, problem))
-    return found
+    for path in _checkpoint_dirs(Path(run_dir), Path(CHECKPOINTS) / PARTIAL_CHECKPOINT):
+        found.append((path, "it was still being written when its process ended"))
+    return sorted(found, key=lambda item: checkpoint_step(item[0]))
 
 
 def checkpoint_problem(path: str | Path) -> str | None:
@@ -220,8 +223,8 @@ def checkpoint_problem(path: str | Path) -> str | None:
     return "it has no model or adapter weights"
 
 
-def _checkpoint_dirs(run_dir: str | Path) -> list[Path]:
-    root = Path(run_dir) / CHECKPOINTS
+def _checkpoint_dirs(run_dir: str | Path, folder: str | Path = CHECKPOINTS) -> list[Path]:
+    root = Path(run_dir) / folder
     found = []
     if root.is_dir():
         for child in root.iterdir():

@@ -66,8 +66,10 @@ def test_kill_9_while_saving_keeps_the_previous_checkpoint_and_resume_completes(
     steps = [e.step for e in read_events(run_dir / rundir.EVENTS_FILE) if isinstance(e, StepEnded)]
     assert steps[-1] == 4  # it did die while saving step 4
 
-    # Nothing that looks like checkpoint-4 exists; checkpoint-2 is whole and is the resume point.
+    # Nothing that looks like checkpoint-4 exists (its files are in the staging folder); checkpoint-2 is whole and is
+    # the resume point.
     assert _checkpoint_names(run_dir) == ["checkpoint-2"]
+    assert (run_dir / rundir.CHECKPOINTS / rundir.PARTIAL_CHECKPOINT / "checkpoint-4" / "optimizer.pt").is_file()
     assert rundir.latest_checkpoint(run_dir).name == "checkpoint-2"
     assert rundir.summarize(run_dir).status == "crashed"
     before = _digest(run_dir / rundir.CHECKPOINTS / "checkpoint-2")
@@ -79,6 +81,10 @@ def test_kill_9_while_saving_keeps_the_previous_checkpoint_and_resume_completes(
     started = [e for e in log if isinstance(e, RunStarted)][-1]
     assert started.resumed_from.endswith("checkpoint-2")
     after_start = log[log.index(started):]
+    # Why not checkpoint-4: said once, in the run's log (and so on the terminal and in the app).
+    assert [e.message for e in after_start if isinstance(e, LogLine) and e.message.startswith("Skipping")] == [
+        "Skipping checkpoint-4: it was still being written when its process ended, so it is not a complete "
+        "checkpoint. Resuming from checkpoint-2 instead."]
     assert [e.step for e in after_start if isinstance(e, StepEnded)] == [3, 4, 5, 6]
     assert isinstance(log[-1], RunFinished) and not log[-1].stopped and log[-1].step == 6
     assert (run_dir / "final" / "adapter_model.safetensors").is_file()

@@ -78,6 +78,18 @@ def test_a_number_in_row_458_of_600_is_named_by_its_row_and_key(tok, tmp_path, s
     assert "alpaca.jsonl, line 458)" in message and "`output` is a number (123)" in message
 
 
+def test_the_preview_names_row_458_too(tok, tmp_path, shared_data_dir):
+    """The Data screen's preview shows the first rows; a file it loads whole is checked whole, as the run checks it
+    (it used to fail inside the template on row 36, whose output is the text "3")."""
+    path = _json(tmp_path / "alpaca.json", _six_hundred_rows_with_a_number_in_row_458(shared_data_dir))
+    with pytest.raises(TuneError) as err:
+        preview(DataSpec(path=path), tok)
+    message = str(err.value)
+    assert "`output` is a number (123); expected text" in message and "alpaca.json, row 458 (index 457" in message
+    for word in INTERNALS:
+        assert word not in message, message
+
+
 def test_text_that_looks_like_json_is_still_text(tok, tmp_path, shared_data_dir):
     """datasets reads a column of mixed types as JSON, where the text "3" becomes the number 3: only the real
     number is reported."""

@@ -51,6 +51,17 @@ def test_tunetui_train_exits_1_on_divergence(output_dir, small_config, capsys, t
     err = capsys.readouterr().err
     assert "Training diverged" in err and "Traceback" not in err
 
+    # The next thing a user tries: resume with a lower learning rate. The checkpoint restores its optimizer and
+    # schedule (lr 1000 included), so that would diverge again while config.yaml said 0.1: it is refused instead,
+    # and nothing in the run folder changes.
+    [run_dir] = list(output_dir.iterdir())
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+    assert main(["train", "--resume", str(run_dir), "--set", "train.lr=0.1"]) == 2
+    err = " ".join(capsys.readouterr().err.split())  # unwrapped: terminals may fold long lines
+    assert "cannot change train.lr (1000 -> 0.1)" in err and "--resume" in err
+    assert f"tunetui train {run_dir / rundir.CONFIG_FILE} --set train.lr=0.1" in err
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before
+
 
 def test_a_climbing_loss_is_warned_about_once():
     from core.training.guard import ClimbWatch

@@ -125,6 +125,26 @@ async def test_notifications_on_finish_failure_and_nan(tmp_path):
         assert any("runs/y/final" in m for t, m, _ in notes(app) if t == "Run finished")
 
 
+async def test_a_failure_longer_than_its_panel_ends_the_log_whole(tmp_path):
+    """At 80x24 the error panel holds four lines; a divergence's advice comes after them. The log holds it all."""
+    advice = ("Training diverged: the gradient norm became nan at step 2. The loss of that step was 8.318. Nothing of "
+              "that step was written: the newest checkpoint (checkpoint-1) is intact. To change the settings, start "
+              "again with `tunetui train runs/20261202-182405-tiny-llama-full/config.yaml --set ...`. Try a lower "
+              "learning rate (--set train.lr=100), gradient clipping (--set train.max_grad_norm=1.0) or a warm-up "
+              "(--set train.warmup_ratio=0.05).")
+    app = make_app(tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        feed(app, scripted_run(2) + [RunFailed(message=advice, kind="diverged", run_dir="runs/x", step=2, time=T0)])
+        log = app.screen.query_one("#run-log")
+
+        def logged() -> str:  # without the wrapping, which depends on the pane's width
+            return "".join("".join(strip.text for strip in log.lines).split())
+
+        await wait_for(pilot, lambda: "".join(advice.split()) in logged(), what="the whole failure in the log")
+        assert logged().count("Trainingdiverged") == 1
+        await wait_for(pilot, lambda: "warmup_ratio=0.05)." in screen_text(app), what="the advice's end on screen")
+
+
 def fake_runner(max_steps: int = 2_000):
     """An engine stand-in honouring RunControl like the real Trainer callback: pause between steps, stop saves."""
     calls = []

@@ -50,7 +50,9 @@ def preview(spec: DataSpec, tokenizer, n: int = 3) -> Preview:
                 diagnose_json_lines(origin.path, "data.path")
             raise TuneError(f"Could not read {origin.description}: {first_line(exc)}", "data.path") from exc
     fmt, columns = resolve_format(head, spec, origin)
-    check_rows(head, fmt, columns, origin)
+    # A file loaded whole is checked whole, as the run checks it: a bad row past the first ones is named here, and a
+    # column of mixed types (stored as JSON, where the text "3" reads back as the number 3) never reaches a template.
+    check_rows(train if isinstance(train, Dataset) else head, fmt, columns, origin)
     label_names = find_label_names([head], columns["label"]) if fmt == "classification" else None
     encoder = Encoder(fmt, columns, tokenizer, spec, label_names)
     out = encoder.encode(head[:], list(range(len(head))), origin)

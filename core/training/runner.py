@@ -54,6 +54,22 @@ class RunOutcome:
         return self.status in ("finished", "stopped")
 
 
+# What a checkpoint restores whatever the config says: the optimizer's settings as saved (its learning rate, which the
+# scheduler also keeps as its base, and its weight decay) and the optimizer itself. The schedule's shape (warm-up,
+# kind, length), clipping and the rest are read from the config on resume.
+RESTORED_BY_CHECKPOINT = ("lr", "weight_decay", "optim")
+
+
+def _restored_by_checkpoint(saved: RunConfig, config: RunConfig) -> list[tuple[str, object, object]]:
+    """(key, the run's value, the new value) for each train.* setting a resume would ask to change but cannot."""
+    return [(key, getattr(saved.train, key), getattr(config.train, key)) for key in RESTORED_BY_CHECKPOINT
+            if getattr(saved.train, key) != getattr(config.train, key)]
+
+
+def _value(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 class _StopRequested(Exception):
     """Stop was asked for while data or the model were still being prepared."""
 
@@ -289,6 +305,15 @@ class _Session:
                     or cfg.to_dict(saved.method) != cfg.to_dict(config.method)):
                 raise TuneError(f"The run in {self.run_dir} used another model or method than this config",
                                 "--resume", "Resume with the run's own config (leave out CONFIG), or start a new run")
+            overridden = _restored_by_checkpoint(saved, config)
+            if overridden:
+                changes = ", ".join(f"train.{k} ({_value(was)} -> {_value(new)})" for k, was, new in overridden)
+                sets = " ".join(f"--set train.{k}={_value(new_v)}" for k, _, new_v in overridden)
+                raise TuneError(
+                    f"A resumed run cannot change {changes}: its checkpoint brings back the optimizer and "
+                    "learning-rate schedule as they were saved, so the new value would be ignored", "--resume",
+                    f"Resume without that --set, or start a new run with it: "
+                    f"`tunetui train {self.run_dir / rundir.CONFIG_FILE} {sets}`")
             checkpoint = rundir.latest_checkpoint(self.run_dir)
             torn = [(path, why) for path, why in rundir.incomplete_checkpoints(self.run_dir)
                     if checkpoint is None or rundir.checkpoint_step(path) > rundir.checkpoint_step(checkpoint)]

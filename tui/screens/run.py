@@ -44,6 +44,7 @@ class RunScreen(TuneScreen):
         self._seen_snapshot = object()
         self._logged = (None, 0)  # (state id, log lines already written) so the pane only appends new lines
         self._traceback_for: int | None = None
+        self._failure_logged: tuple | None = None  # (state id, message) of the failure written to the log
         self._bindings_for_running: bool | None = None
         self._shown: dict[str, tuple] = {}  # what each text part last showed
 
@@ -137,6 +138,13 @@ class RunScreen(TuneScreen):
         if new > 0:
             for level, message in list(state.logs)[-new:]:
                 log.write(Text(message, style=LEVEL_STYLES.get(level.upper(), "")))
+        if state.status not in ("failed", "crashed") or not state.error:
+            self._failure_logged = None  # a resumed run may fail again, with the same words
+        elif self._failure_logged != (id(state), state.error):
+            # The whole message also ends the log, where it can be scrolled: the error panel above holds a few lines
+            # (at 80x24 a divergence's advice is cut off there).
+            self._failure_logged = (id(state), state.error)
+            log.write(Text(state.error, style=LEVEL_STYLES["ERROR"]))
         if state.traceback and self._traceback_for != id(state):
             # A bug in the engine: its traceback belongs in the log, never painted over the screen.
             self._traceback_for = id(state)
