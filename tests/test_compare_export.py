@@ -67,6 +67,9 @@ def runs_app(tmp_path):
 
 
 async def _listed(pilot, app) -> None:
+    # The first GPU sample reaches only the screen in front: one that lands after a dialog opens would leave the Runs
+    # screen's top bar at "GPU: checking…" in the picture.
+    await wait_for(pilot, lambda: app.snapshot is not None, what="the first GPU sample")
     await wait_for(pilot, lambda: all(r in screen_text(app) for r in ("run-a-lr2e-4", "run-b-lr1e-3", "run-c-r16")),
                    what="the run list")
 
