@@ -125,6 +125,33 @@ async def test_notifications_on_finish_failure_and_nan(tmp_path):
         assert any("runs/y/final" in m for t, m, _ in notes(app) if t == "Run finished")
 
 
+async def test_c_on_a_finished_run_opens_it_on_the_chat_screen(tmp_path, monkeypatch):
+    """The finish notice offers a chat; c (on the Run view, once there is a final model) opens the Chat screen
+    loading that run."""
+    import tui.screens.chat as chat_screen
+    from core.errors import TuneError
+
+    asked: list[str] = []
+
+    def describe(text, device):  # what the Chat screen's worker reads first: stop there, nothing heavy loads
+        asked.append(text)
+        raise TuneError("scripted: no model here", None, "none")
+
+    monkeypatch.setattr(chat_screen, "describe_target", describe)
+    app = make_app(tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        feed(app, scripted_run(30, run_dir="runs/y"))
+        await pilot.pause()
+        await pilot.press("c")  # no final model yet: not offered
+        await pilot.pause()
+        assert app.current_mode == "run" and not asked
+        feed(app, [RunFinished(run_dir="runs/y", final_dir="runs/y/final", step=30, max_steps=30, time=T0)])
+        await wait_for(pilot, lambda: any("Press c to chat" in m for _, m, _ in notes(app)), what="the offer")
+        await pilot.press("c")
+        await wait_for(pilot, lambda: asked, what="the Chat screen reading the run")
+        assert app.current_mode == "chat" and asked == ["runs/y"]
+
+
 def fake_runner(max_steps: int = 2_000):
     """An engine stand-in honouring RunControl like the real Trainer callback: pause between steps, stop saves."""
     calls = []
