@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import re
 import sys
 import threading
 import types
@@ -123,6 +124,17 @@ async def test_notifications_on_finish_failure_and_nan(tmp_path):
                                                    max_steps=30, time=T0)])
         await wait_for(pilot, lambda: any(t == "Run finished" for t, _, _ in notes(app)), what="finish note")
         assert any("runs/y/final" in m for t, m, _ in notes(app) if t == "Run finished")
+
+
+async def test_run_view_shows_a_classifiers_accuracy_and_macro_f1(tmp_path):
+    from core.events import EvalEnded
+
+    app = make_app(tmp_path)
+    async with app.run_test(size=(160, 48)) as pilot:
+        feed(app, scripted_run(10) + [EvalEnded(step=10, eval_loss=0.41, metrics={"accuracy": 0.875,
+                                                                                 "macro_f1": 0.861}, time=T0)])
+        await wait_for(pilot, lambda: "macro-F1" in screen_text(app), what="the classifier's metrics")
+        assert re.search(r"accuracy +0\.875", screen_text(app)) and re.search(r"macro-F1 +0\.861", screen_text(app))
 
 
 async def test_c_on_a_finished_run_opens_it_on_the_chat_screen(tmp_path, monkeypatch):
