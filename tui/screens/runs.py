@@ -346,9 +346,14 @@ class RunsScreen(TuneScreen):
 
     def action_toggle_mark(self) -> None:
         """Mark or unmark the highlighted run for the Compare view (a ✓ before its id)."""
-        run = self.selected
-        if run is None:
+        # The row under the cursor now: `selected` follows the cursor through a message, which keys arriving
+        # together (typed fast, pasted) overtake, and the redraw below puts the cursor back on `selected`.
+        row = self.query_one("#runs-table", DataTable).cursor_row
+        if not 0 <= row < len(self.runs):
             return
+        run = self.runs[row]
+        if run is not self.selected:
+            self._select(run)
         self.marked ^= {str(run.run_dir)}
         self.on_runs_listed(RunsListed(self.runs, None))  # redraws the rows (and their widths) with the marks
         self.refresh_bindings()
