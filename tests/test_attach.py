@@ -140,10 +140,26 @@ async def test_runs_screen_shows_a_classifiers_accuracy_and_macro_f1(tmp_path, m
         EvalEnded(step=10, eval_loss=0.41, metrics={"accuracy": 0.875, "macro_f1": 0.861},
                   confusion_matrix=[[4, 1], [0, 3]]),
         RunFinished(run_dir=str(out / "r-cls"), final_dir=None, step=10, max_steps=10)])
+    write_run(out, "r-sft", scripted_run(10, run_dir=str(out / "r-sft")) + [
+        RunFinished(run_dir=str(out / "r-sft"), final_dir=None, step=10, max_steps=10)])
     app = create_app(output_dir=str(out), start_screen="runs")
     async with app.run_test(size=(120, 36)) as pilot:
         def summary() -> str:  # the widget's own text: where the screen wraps it depends on the folder's name
             return str(app.screen.query_one("#runs-summary").content) if app.current_mode == "runs" else ""
 
+        await wait_for(pilot, lambda: app.screen.selected is not None, what="a run selected")
+        table, order = app.screen.query_one("#runs-table"), [run.run_id for run in app.screen.runs]
+        table.move_cursor(row=order.index("r-cls"))
         await wait_for(pilot, lambda: "accuracy 0.875" in summary(), what="the classifier's metrics")
-        assert "macro-f1 0.861" in summary() and "eval 0.4100" in summary()
+        assert "macro-F1 0.861" in summary() and "eval 0.4100" in summary()
+        # The last evaluation's confusion matrix below it: true classes down, predicted across (class names
+        # unknown here: the scripted run saved no labels, so the indices stand in).
+        confusion = app.screen.query_one("#runs-confusion")
+        assert confusion.display
+        assert [line.split() for line in str(confusion.content).splitlines()] == [
+            ["true", "\\", "predicted", "0", "1"], ["0", "4", "1"], ["1", "0", "3"]]
+        # A run that is not a classifier has no matrix to show.
+        table.move_cursor(row=order.index("r-sft"))
+        await wait_for(pilot, lambda: "r-sft" in summary(), what="the other run's summary")
+        assert "accuracy" not in summary()
+        assert not confusion.display

@@ -67,6 +67,9 @@ def runs_app(tmp_path):
 
 
 async def _listed(pilot, app) -> None:
+    # The first GPU sample reaches only the screen in front: one that lands after a dialog opens would leave the Runs
+    # screen's top bar at "GPU: checking…" in the picture.
+    await wait_for(pilot, lambda: app.snapshot is not None, what="the first GPU sample")
     await wait_for(pilot, lambda: all(r in screen_text(app) for r in ("run-a-lr2e-4", "run-b-lr1e-3", "run-c-r16")),
                    what="the run list")
 
@@ -153,6 +156,25 @@ async def test_marking_two_runs_and_pressing_v_compares_their_curves_and_configs
         await pilot.press("escape")
         await wait_for(pilot, lambda: not isinstance(app.screen, CompareScreen), what="back to the runs")
         assert "✓ run-a-lr2e-4" in screen_text(app)
+
+
+async def test_marks_typed_at_once_land_on_the_rows_under_the_cursor(tmp_path):
+    """Keys that arrive together (typed fast, pasted, sent by tmux): each space marks the row under the cursor at
+    that moment, not the one highlighted before the last arrow key (which unmarked the first row again)."""
+    from textual import events
+
+    three_runs(tmp_path)
+    app = runs_app(tmp_path)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await _listed(pilot, app)
+        await wait_for(pilot, lambda: app.screen.selected is not None, what="a run highlighted")
+        # Posted in one go, as a terminal delivers them (pilot.press would wait for each key to be handled).
+        for key, character in [("space", " "), ("down", None), ("space", " "), ("down", None), ("space", " ")]:
+            app.post_message(events.Key(key, character))
+        await wait_for(pilot, lambda: len(app.screen.marked) == 3, timeout=10, what="three marks")
+        await pilot.pause()
+        assert app.screen.query_one("#runs-table").cursor_row == 2 and app.screen.selected is app.screen.runs[2]
+        assert sorted(_cell_texts(app)) == ["✓ run-a-lr2e-4", "✓ run-b-lr1e-3", "✓ run-c-r16"]
 
 
 def _table_rows(screen) -> dict[str, list[Text]]:

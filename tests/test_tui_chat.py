@@ -258,3 +258,15 @@ async def test_escape_leaves_the_prompt_so_digits_switch_screens(tmp_path):
         assert app.screen.focused is None
         await pilot.press("7")
         await wait_for(pilot, lambda: app.current_mode == "runs", what="7 to show Runs")
+
+
+async def test_the_settings_row_says_whether_replies_are_greedy_or_sampled(tmp_path):
+    app = make_app(tmp_path, start_screen="chat")
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = app.screen
+        words = screen.query_one("#chat-decoding")
+        assert str(words.content) == "greedy"  # temperature 0, the default
+        screen.query_one("#chat-temperature").value = "0.7"
+        await pilot.pause()
+        assert str(words.content) == "sampled"
+        assert screen.query_one("#chat-seed").region.right <= 80  # the whole row still fits 80 columns

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import re
 import sys
 import threading
 import types
@@ -143,6 +144,44 @@ async def test_a_failure_longer_than_its_panel_ends_the_log_whole(tmp_path):
         await wait_for(pilot, lambda: "".join(advice.split()) in logged(), what="the whole failure in the log")
         assert logged().count("Trainingdiverged") == 1
         await wait_for(pilot, lambda: "warmup_ratio=0.05)." in screen_text(app), what="the advice's end on screen")
+
+
+async def test_run_view_shows_a_classifiers_accuracy_and_macro_f1(tmp_path):
+    from core.events import EvalEnded
+
+    app = make_app(tmp_path)
+    async with app.run_test(size=(160, 48)) as pilot:
+        feed(app, scripted_run(10) + [EvalEnded(step=10, eval_loss=0.41, metrics={"accuracy": 0.875,
+                                                                                 "macro_f1": 0.861}, time=T0)])
+        await wait_for(pilot, lambda: "macro-F1" in screen_text(app), what="the classifier's metrics")
+        assert re.search(r"accuracy +0\.875", screen_text(app)) and re.search(r"macro-F1 +0\.861", screen_text(app))
+
+
+async def test_c_on_a_finished_run_opens_it_on_the_chat_screen(tmp_path, monkeypatch):
+    """The finish notice offers a chat; c (on the Run view, once there is a final model) opens the Chat screen
+    loading that run."""
+    import tui.screens.chat as chat_screen
+    from core.errors import TuneError
+
+    asked: list[str] = []
+
+    def describe(text, device):  # what the Chat screen's worker reads first: stop there, nothing heavy loads
+        asked.append(text)
+        raise TuneError("scripted: no model here", None, "none")
+
+    monkeypatch.setattr(chat_screen, "describe_target", describe)
+    app = make_app(tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        feed(app, scripted_run(30, run_dir="runs/y"))
+        await pilot.pause()
+        await pilot.press("c")  # no final model yet: not offered
+        await pilot.pause()
+        assert app.current_mode == "run" and not asked
+        feed(app, [RunFinished(run_dir="runs/y", final_dir="runs/y/final", step=30, max_steps=30, time=T0)])
+        await wait_for(pilot, lambda: any("Press c to chat" in m for _, m, _ in notes(app)), what="the offer")
+        await pilot.press("c")
+        await wait_for(pilot, lambda: asked, what="the Chat screen reading the run")
+        assert app.current_mode == "chat" and asked == ["runs/y"]
 
 
 def fake_runner(max_steps: int = 2_000):

@@ -73,6 +73,15 @@ def open_chat(app: TuneApp, target: str) -> None:
     app.show("chat")
 
 
+def decoding_words(temperature: str) -> str:
+    """What the temperature field means for the replies: 0 is greedy decoding (the default), above 0 sampling."""
+    try:
+        value = float(temperature)
+    except ValueError:
+        return ""  # sending says what is wrong with it
+    return "greedy" if value == 0 else "sampled"
+
+
 N = TypeVar("N", int, float)
 Reply = Union[str, "Classification"]
 """A chat reply's text, or a classifier's labels with their probabilities."""
@@ -134,6 +143,7 @@ class ChatScreen(TuneScreen):
         with Horizontal(classes="chat-row", id="chat-settings"):
             yield Label("Temperature")
             yield Input(str(d.temperature), id="chat-temperature", type="number", compact=True)
+            yield Label(decoding_words(str(d.temperature)), id="chat-decoding")
             yield Label("Top-p")
             yield Input(str(d.top_p), id="chat-top-p", type="number", compact=True)
             yield Label("Max new tokens")
@@ -313,6 +323,10 @@ class ChatScreen(TuneScreen):
 
     # ------------------------------------------------------------------ sending
 
+    def on_input_changed(self, event: Input.Changed) -> None:
+        if event.input.id == "chat-temperature":
+            self.query_one("#chat-decoding", Label).update(decoding_words(event.value))
+
     def on_input_submitted(self, event: Input.Submitted) -> None:
         if event.input.id == "chat-target":
             self.load(event.value)
@@ -480,4 +494,4 @@ def _turn(text: Text, prompt: str, reply: Reply, note: str) -> None:
     text.append("\n")
 
 
-__all__ = ["ChatScreen", "open_chat", "describe_target", "load_target", "default_target"]
+__all__ = ["ChatScreen", "open_chat", "describe_target", "load_target", "default_target", "decoding_words"]

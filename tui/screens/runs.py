@@ -23,6 +23,7 @@ from textual.widgets import DataTable, Static
 
 from core import methods, rundir
 from core.errors import TuneError
+from core.training.metrics import confusion_lines, metrics_text
 from tui.messages import RunLoaded, RunsListed
 from tui.screens.base import TuneScreen
 from tui.widgets.loss_chart import LossChart
@@ -104,6 +105,7 @@ class RunsScreen(TuneScreen):
         with Horizontal(id="runs-detail"):
             with Vertical(id="runs-left"):
                 yield Static(id="runs-summary")
+                yield Static(id="runs-confusion")
                 yield LossChart(id="runs-chart", empty_message="no losses recorded")
             with VerticalScroll(id="runs-config"):
                 yield Static(id="runs-config-text")
@@ -254,8 +256,9 @@ class RunsScreen(TuneScreen):
         text.append(f"  step {step_text(run)}  loss {loss_text(run.last_loss)}", style="dim")
         if run.eval_loss is not None:
             text.append(f"  eval {loss_text(run.eval_loss)}", style="dim")
-        for name, value in (run.eval_metrics or {}).items():  # classification: accuracy, macro_f1
-            text.append(f"  {name.replace('_', '-')} {value:.3f}", style="bold")
+        metrics = metrics_text(run.eval_metrics)  # classification: accuracy, macro-F1
+        if metrics:
+            text.append(f"  {metrics}", style="bold")
         if run.final_dir:
             text.append(f"\nmodel saved in {run.final_dir}", style="dim")
         elif run.checkpoint:
@@ -265,6 +268,12 @@ class RunsScreen(TuneScreen):
         if run.message:
             text.append(f"\n{run.message}", style="red" if run.status == "failed" else "dim")
         self.query_one("#runs-summary", Static).update(text)
+        # A classifier's last confusion matrix, one row per true class, cut (not wrapped) where the pane ends.
+        confusion = self.query_one("#runs-confusion", Static)
+        confusion.display = bool(run.confusion_matrix)
+        if run.confusion_matrix:
+            lines = confusion_lines(run.confusion_matrix, run.labels)
+            confusion.update(Text("\n".join(lines), no_wrap=True, overflow="ellipsis"))
 
     def _load(self, run_dir: str) -> None:
         """Thread worker: replay the run's events into a RunState and read its config."""
@@ -337,9 +346,14 @@ class RunsScreen(TuneScreen):
 
     def action_toggle_mark(self) -> None:
         """Mark or unmark the highlighted run for the Compare view (a ✓ before its id)."""
-        run = self.selected
-        if run is None:
+        # The row under the cursor now: `selected` follows the cursor through a message, which keys arriving
+        # together (typed fast, pasted) overtake, and the redraw below puts the cursor back on `selected`.
+        row = self.query_one("#runs-table", DataTable).cursor_row
+        if not 0 <= row < len(self.runs):
             return
+        run = self.runs[row]
+        if run is not self.selected:
+            self._select(run)
         self.marked ^= {str(run.run_dir)}
         self.on_runs_listed(RunsListed(self.runs, None))  # redraws the rows (and their widths) with the marks
         self.refresh_bindings()
