@@ -235,8 +235,11 @@ def test_tunetui_train_on_a_bad_file_exits_non_zero_naming_the_row(tmp_path, sha
     out = tmp_path / "runs"
     code = main(["train", str(ROOT / "presets" / "demo.yaml"), "--set", f"data.path={path}",
                  "--set", "data.val_size=0.1", "--output-dir", str(out)])
-    err = " ".join(capsys.readouterr().err.split())  # unwrapped: terminals may fold long lines
+    captured = capsys.readouterr()
+    err = " ".join(captured.err.split())  # unwrapped: terminals may fold long lines
     assert code == 2, err
     assert "tunetui train: `output` is a number (123); expected text" in err and "row 458 (index 457" in err
+    if "run folder:" in captured.out:  # a folder it announced is not left for the user to look for
+        assert "nothing was trained; the run folder" in err and "was removed" in err
     assert "Traceback" not in err and "concatenate" not in err
     assert not out.exists() or not any(out.iterdir())  # a run that never started leaves no folder behind

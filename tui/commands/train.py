@@ -390,6 +390,9 @@ class _Display:
             if event.kind == "user_error":
                 if os.environ.get("RANK", "0") in ("", "0"):  # under torchrun, rank 0 says it once for all
                     print(f"tunetui train: {event.message}", file=sys.stderr)
+                    if self.run_dir and not event.run_dir:  # announced above, then removed: say so
+                        print(f"tunetui train: nothing was trained; the run folder {self.run_dir} was removed",
+                              file=sys.stderr)
                 return 2
             if event.kind == "peer_failed":
                 from core.launch import PEER_FAILED_EXIT
