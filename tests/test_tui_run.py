@@ -83,6 +83,26 @@ async def test_run_screen_shows_phases_then_live_training(tmp_path):
         assert f"{step_events(20, 20)[0].loss:.4f}" in text
 
 
+@pytest.mark.parametrize("stage, failed, done", [
+    ("preparing data", "✗ prepare data", "✓ load model"),  # a broken data file: the step that failed, not a tick
+    ("training", "✗ train", "✓ prepare data"),
+], ids=["data", "training"])
+async def test_a_failed_run_marks_the_phase_it_failed_in(tmp_path, stage, failed, done):
+    events = start_events()
+    if stage == "training":
+        events += data_ready_events() + step_events(1, 3)
+    events.append(RunFailed(message="Something broke.", kind="error", run_dir="runs/demo", time=T0))
+    app = make_app(tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: app.snapshot is not None, what="the first GPU sample")
+        app.session.state.status = "starting"
+        feed(app, events)
+        await wait_for(pilot, lambda: "✗ failed" in screen_text(app), what="the failure drawn")
+        text = screen_text(app)
+        assert failed in text and done in text
+        assert failed.replace("✗", "✓") not in text and "✓ save" not in text
+
+
 async def test_run_screen_redraws_at_most_ten_times_a_second(tmp_path, monkeypatch):
     from tui.screens.run import RunScreen
 

@@ -48,7 +48,8 @@ def status_text(state, *, model: str = "", method: str = "", pid: int | None = N
 
 
 def phase_strip(state) -> Text:
-    """`✓ load model  ✓ prepare data  ▸ train  · save`: where the run is among the engine's phases."""
+    """`✓ load model  ✓ prepare data  ▸ train  · save`: where the run is among the engine's phases. A run that
+    failed or was stopped marks the phase it ended in with its status (`✗ prepare data`), never with a tick."""
     text = Text(no_wrap=True, overflow="ellipsis")
     current = state.phase
     for n, phase in enumerate(PHASES):
@@ -57,6 +58,8 @@ def phase_strip(state) -> Text:
             text.append("  ")
         if phase == current and not state.final:
             text.append(f"▸ {name}", style="bold cyan")
+        elif phase == current and state.status != "finished":
+            text.append(f"{STATUS_ICONS.get(state.status, '?')} {name}", style=STATUS_STYLES.get(state.status, ""))
         elif phase in state.phases_seen or state.status == "finished":
             text.append(f"✓ {name}", style="green")
         else:
