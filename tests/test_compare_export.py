@@ -259,6 +259,8 @@ def test_export_dialog_snapshot(snap_compare, tmp_path, size):
     async def run_before(pilot):
         await _listed(pilot, app)
         await wait_for(pilot, lambda: app.screen.selected is not None, what="a run highlighted")
+        # The run's config and curve behind the dialog load in a worker: wait for them, or the picture races it.
+        await wait_for(pilot, lambda: "name_or_path" in screen_text(app), what="the run's config")
         await pilot.press("e")
         await wait_for(pilot, lambda: isinstance(app.screen, ExportDialog), what="the dialog")
         field = app.screen.query_one("#export-target", Input)

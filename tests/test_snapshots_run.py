@@ -146,14 +146,18 @@ def _scaled(snapshot, fraction: float):
 
 
 @pytest.mark.parametrize("size", SIZES)
-def test_runs_screen(snap_compare, tmp_path, size):
+@pytest.mark.parametrize("selected", ["stopped", "failed"])
+def test_runs_screen(snap_compare, tmp_path, size, selected):
     history_runs(tmp_path / "runs")
     app = build(tmp_path, "24gib", "runs")
 
     async def run_before(pilot):
         await wait_for(pilot, lambda: "r-finished" in screen_text(app), what="the run list")
-        await pilot.press("down")  # the stopped run: its curve and config
-        await wait_for(pilot, lambda: "r resumes it" in screen_text(app), what="the stopped run")
+        if selected == "stopped":
+            await pilot.press("down")  # the stopped run: its curve and config
+            await wait_for(pilot, lambda: "r resumes it" in screen_text(app), what="the stopped run")
+        else:  # the newest, selected as the screen opens: its error message
+            await wait_for(pilot, lambda: "does not exist" in screen_text(app), what="the failed run's message")
         await wait_for(pilot, lambda: "name_or_path" in screen_text(app), what="its config")
 
     assert snap_compare(app, terminal_size=SIZES[size], run_before=run_before)

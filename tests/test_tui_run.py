@@ -386,6 +386,54 @@ async def test_runs_lists_opens_resumes_and_reuses_configs(tmp_path):
         assert shown[-1] == "review" and app.config.train.max_steps == 30
 
 
+@pytest.mark.parametrize("width, columns, model_width", [
+    (140, ("run", "status", "step", "loss", "eta", "method", "model", "started"), 15),
+    (100, ("run", "status", "step", "loss", "eta", "method", "model"), 15),  # started gives way first
+    (86, ("run", "status", "step", "loss", "method", "model"), 15),    # then eta, while no run has one
+    (78, ("run", "status", "step", "loss", "method", "model"), 10),    # then the model name is ellipsized
+    (72, ("run", "status", "step", "loss", "model"), 12),              # then method (every id names it)
+    (60, ("run", "status", "step", "loss"), 0),                        # then model (the id names it too)
+])
+def test_the_runs_table_gives_way_column_by_column(width, columns, model_width):
+    from tui.screens.runs import fit_columns
+
+    rows = [("20231114-221320-tiny-llama-lora", "finished", "30/30", "2.9000", "–", "lora", "demo:tiny-llama",
+             "2023-11-14 22:13")]
+    assert fit_columns(rows, width) == (columns, model_width)
+
+
+async def test_runs_at_80_columns_cuts_no_value_and_shows_a_failed_runs_whole_message(tmp_path):
+    """Run ids as the engine names them (31 characters): at 80x24 the table keeps every id and status whole, a
+    model name too long for its column ends in an ellipsis, and the failed run's message (with the command that
+    starts it again) is on screen to its last word. At 160 columns the same runs show every column whole."""
+    from helpers_run import write_run
+
+    out = tmp_path / "runs"
+    message = ("Training diverged: the gradient norm became nan at step 3. The loss of that step was 8.318. No "
+               "checkpoint was written before it; start again with `tunetui train runs/x/config.yaml --set ...`. "
+               "Try a lower learning rate (--set train.lr=1e+07).")
+    ids = {"finished": "20231114-221320-tiny-llama-lora", "failed": "20231114-231320-tiny-llama-lora"}
+    write_run(out, ids["finished"], scripted_run(30, run_dir=str(out / ids["finished"]), run_id=ids["finished"]) + [
+        RunFinished(run_dir=str(out / ids["finished"]), final_dir=None, step=30, max_steps=30, time=T0 + 41)])
+    write_run(out, ids["failed"], scripted_run(2, run_dir=str(out / ids["failed"]), run_id=ids["failed"]) + [
+        RunFailed(message=message, kind="diverged", run_dir=str(out / ids["failed"]), step=3, time=T0 + 3600)])
+    app = make_app(tmp_path, start_screen="runs")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: "lower learning rate" in screen_text(app) and "name_or_path" in screen_text(app),
+                       what="the failed run's message and config")
+        lines = screen_text(app).splitlines()
+        rows = [line for line in lines if line.startswith(" 2023")][:2]
+        assert [row.split()[:2] for row in rows] == [[ids["failed"], "failed"], [ids["finished"], "finished"]]
+        assert all(row.rstrip().endswith(("demo:tiny-llama", "…")) for row in rows), rows
+        flat = " ".join(" ".join(lines).split())
+        assert " ".join(message.split()) in flat
+        assert "name_or_path: demo:tiny-l…" in flat  # the config pane ellipsizes what it cannot show
+
+        await pilot.resize_terminal(160, 48)
+        await wait_for(pilot, lambda: "started" in screen_text(app), what="the wide table")
+        assert "demo:tiny-llama  2023-11-1" in screen_text(app)
+
+
 # ------------------------------------------------------------------ the footer
 
 

@@ -35,6 +35,10 @@ if TYPE_CHECKING:
     from core.rundir import RunSummary
 
 COLUMNS = ("run", "status", "step", "loss", "eta", "method", "model", "started")
+MODEL_MIN = 10
+"""Narrowest model column worth showing (an ellipsized name shorter than this says little)."""
+SCROLLBAR = 2
+"""Columns kept free for the table's vertical scrollbar, which appears when the runs outgrow the table."""
 LIVE_RELIST_SECONDS = 3.0
 """While a run trains, the list (its step and loss) is refreshed this often when the screen is shown."""
 RESUMABLE = ("stopped", "failed", "crashed")
@@ -68,6 +72,39 @@ def loss_text(value: float | None) -> str:
     return "–" if value is None else f"{value:.4f}" if math.isfinite(value) else str(value)
 
 
+def fit_columns(rows: list[tuple[str, ...]], width: int, padding: int = 1) -> tuple[tuple[str, ...], int]:
+    """The columns of the runs table (rows of COLUMNS' cells) that fit `width` cells, and the model column's width.
+    What gives way, in order: `started` (an automatic run id begins with the same date and time), `eta` while no
+    run has one, the model names (ellipsized down to MODEL_MIN), `method` when every id names its method, and last
+    `model` (an automatic id names the model too). Ids are never cut: ids too long for even the narrowest table
+    scroll sideways."""
+    need = {c: max([len(c)] + [len(row[i]) for row in rows]) for i, c in enumerate(COLUMNS)}
+
+    def room_for_model(columns: tuple[str, ...]) -> int:
+        return width - sum(need[c] + 2 * padding for c in columns if c != "model") - 2 * padding
+
+    def without(columns: tuple[str, ...], name: str) -> tuple[str, ...]:
+        return tuple(c for c in columns if c != name)
+
+    columns = COLUMNS
+    no_eta = all(row[COLUMNS.index("eta")] == "–" for row in rows)
+    for name, may_go in (("started", True), ("eta", no_eta)):
+        if room_for_model(columns) >= need["model"]:
+            return columns, need["model"]
+        if may_go:
+            columns = without(columns, name)
+    if room_for_model(columns) < MODEL_MIN and all(row[COLUMNS.index("method")] in row[0] for row in rows):
+        columns = without(columns, "method")
+    room = room_for_model(columns)
+    if room >= MODEL_MIN:
+        return columns, min(need["model"], room)
+    return without(columns, "model"), 0
+
+
+def ellipsize(text: str, width: int) -> str:
+    return text if len(text) <= width else text[:max(0, width - 1)] + "…"
+
+
 class RunsScreen(TuneScreen):
     """Run history of `app.output_dir`."""
 
@@ -96,15 +133,18 @@ class RunsScreen(TuneScreen):
         self.marked: set[str] = set()
         """Run folders marked (space) for the Compare view."""
         self._marks_shown: frozenset | None = None
+        self._fitted_width: int | None = None
+        """The screen width the table's columns were fitted to."""
 
     def compose_body(self) -> ComposeResult:
         yield Static(id="runs-title")
         table: DataTable = DataTable(id="runs-table", cursor_type="row", zebra_stripes=True)
         yield table
         yield Static(id="runs-empty")
+        # Across the whole width: a failed run's message (with the command that starts it again) must fit.
+        yield Static(id="runs-summary")
         with Horizontal(id="runs-detail"):
             with Vertical(id="runs-left"):
-                yield Static(id="runs-summary")
                 yield Static(id="runs-confusion")
                 yield LossChart(id="runs-chart", empty_message="no losses recorded")
             with VerticalScroll(id="runs-config"):
@@ -118,6 +158,11 @@ class RunsScreen(TuneScreen):
 
     def on_screen_resume(self) -> None:
         self.action_reload()
+
+    def on_resize(self) -> None:
+        if self.runs and self._fitted_width != self.app.size.width:
+            self._listing = None  # the same runs, laid out again for the new width
+            self.on_runs_listed(RunsListed(self.runs, None))
 
     # ------------------------------------------------------------------ listing
 
@@ -186,12 +231,19 @@ class RunsScreen(TuneScreen):
                  started_text(run.started)) for run in self.runs]
         # Columns sized from their contents up front: DataTable caches rows rendered before it measures new
         # cells on idle, and without fixed widths a busy machine could leave rows drawn at the old widths.
+        # Only the columns that fit the screen (an 80-column terminal shows no cut values, no sideways scroll).
+        columns, model_width = fit_columns(rows, self.app.size.width - SCROLLBAR, table.cell_padding)
+        self._fitted_width = self.app.size.width
         table.clear(columns=True)
-        for n, column in enumerate(COLUMNS):
-            table.add_column(column, key=column, width=max([len(column)] + [len(row[n]) for row in rows]))
+        for column in columns:
+            n = COLUMNS.index(column)
+            widest = max([len(column)] + [len(row[n]) for row in rows])
+            table.add_column(column, key=column, width=model_width if column == "model" else widest)
         for run, row in zip(self.runs, rows):
-            table.add_row(*row[:1], Text(row[1], style=STATUS_STYLES.get(run.status, "")), *row[2:],
-                          key=str(run.run_dir))
+            cells = dict(zip(COLUMNS, row))
+            cells["status"] = Text(cells["status"], style=STATUS_STYLES.get(run.status, ""))
+            cells["model"] = ellipsize(cells["model"], model_width)
+            table.add_row(*(cells[c] for c in columns), key=str(run.run_dir))
         empty = not self.runs
         self.set_class(empty, "-empty")
         if message.error or empty:
@@ -311,7 +363,11 @@ class RunsScreen(TuneScreen):
             chart.set_series([], [])
         config_view = self.query_one("#runs-config-text", Static)
         if message.config_yaml:
-            config_view.update(Syntax(message.config_yaml, "yaml", theme="ansi_dark", background_color="default"))
+            # Highlighted into Text, so long values end in an ellipsis (the stylesheet) instead of being cut.
+            yaml_text = Syntax(message.config_yaml, "yaml", theme="ansi_dark", background_color="default").highlight(
+                message.config_yaml)
+            yaml_text.rstrip()
+            config_view.update(yaml_text)
         else:
             config_view.update(Text(message.error or f"no {rundir.CONFIG_FILE}", style="red"))
 
