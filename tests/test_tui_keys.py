@@ -16,8 +16,13 @@ def _isolated(monkeypatch, tmp_path):
 
 
 def _fields(screen) -> list:
-    """The screen's visible form fields that Enter could act on (Selects open their list on Enter by design)."""
-    return [w for w in screen.query("Input, Checkbox") if w.display and w.visible and w.focusable and w.id]
+    """The screen's form fields a user can focus now (not inside a hidden group or a folded "Advanced")."""
+    from textual.widget import Widget
+
+    def shown(widget) -> bool:
+        return all(node.display and node.visible for node in widget.ancestors_with_self if isinstance(node, Widget))
+
+    return [w for w in screen.query("Input, Checkbox, Select") if w.focusable and w.id and shown(w)]
 
 
 @pytest.mark.parametrize("name", ["method", "data", "review"])
@@ -26,7 +31,7 @@ async def test_enter_in_any_field_goes_on_and_changes_nothing(name):
     async with app.run_test(size=(160, 48)) as pilot:
         await settle(pilot)
         before = app.config
-        fields = [w.id for w in _fields(app.screen)]
+        fields, keeps = [w.id for w in _fields(app.screen)], app.screen.SUBMIT_KEEPS
         assert fields, f"no fields found on {name}"
         for field_id in fields:
             if field_id in getattr(app.screen, "SUBMIT_KEEPS", ()):
@@ -118,3 +123,65 @@ async def test_method_estimates_follow_a_model_changed_while_it_was_hidden(tmp_p
         await pick(big)
         assert await lora_on_method() == big_peak > 10 * demo_peak
         assert f"{big_peak:.1f}" in screen_text(app)
+
+
+DIGITS = {name: str(n) for n, name in enumerate(SETUP_ORDER, start=1)}
+
+
+def _tab_stops(screen) -> int:
+    """How many Tab presses visit every widget that can take focus on the screen (capped: the Method screen's
+    target list has a dozen ticks that behave alike)."""
+    return min(12, len(screen.focus_chain))
+
+
+@pytest.mark.parametrize("name", SETUP_ORDER)
+async def test_tab_then_escape_then_a_digit_always_switches_screens(name):
+    """Whatever Tab lands on (a field, a list, a fold, a button), Escape and a digit take the user to that
+    screen, and nothing on the way changes the draft."""
+    app = make_app(start_screen=name)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        before = app.config
+        target = next(other for other in SETUP_ORDER if other != name)
+        for tabs in range(1, _tab_stops(app.screen) + 1):
+            app.show(name)
+            await settle(pilot)
+            app.screen.set_focus(None)
+            await pilot.press(*["tab"] * tabs)
+            focused = app.screen.focused
+            await pilot.press("escape", DIGITS[target])
+            await wait_for(pilot, lambda: app.current_mode == target,
+                           what=f"{DIGITS[target]} after Tab x{tabs} (on {focused!r}) and Escape")
+            assert app.config == before, f"Tab x{tabs} (on {focused!r}), Escape, {DIGITS[target]} changed the draft"
+
+
+@pytest.mark.parametrize("name", SETUP_ORDER)
+async def test_enter_three_times_then_l_after_focusing_each_field_launches_the_draft_unchanged(name):
+    """The newcomer's "Enter, Enter, Enter, l" from any form field of any set-up screen: it launches, and what
+    launches is the draft as it was (no checkbox toggled, no list left open, no number typed on the way)."""
+    app = make_app(start_screen=name)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await settle(pilot)
+        before = app.config
+        launched: list = []
+        app.launch = lambda config=None, resume_from=None: launched.append(config or app.config) or True
+        fields, keeps = [w.id for w in _fields(app.screen)], app.screen.SUBMIT_KEEPS
+        assert fields, f"no fields found on {name}"
+        for field_id in fields:
+            app.show(name)
+            await settle(pilot)
+            launched.clear()
+            app.screen.query_one(f"#{field_id}").focus()
+            await pilot.pause()
+            for _ in range(3):
+                await pilot.press("enter")
+                await settle(pilot)
+            await pilot.press("l")
+            if field_id in keeps:
+                # Enter there opens the typed path (Model, Data) or saves the preset (Review): the keys go on from
+                # there, and may end elsewhere than a launch; the draft is still untouched.
+                await settle(pilot)
+            else:
+                await wait_for(pilot, lambda: bool(launched), what=f"a launch after Enter x3, l from #{field_id}")
+            assert all(config == before for config in launched), f"Enter x3, l from #{field_id} changed the draft"
+            assert app.config == before, f"Enter x3, l from #{field_id} changed the draft"

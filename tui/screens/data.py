@@ -25,6 +25,7 @@ from core.config import FORMATS, RunConfig
 from tui.draft import DataKey, DataReading, data_key
 from tui.messages import FactsChanged
 from tui.screens.setup_base import SetupScreen, get_value, parse_number
+from tui.widgets.fields import Choice
 
 PREVIEW_HEAD_LINES, PREVIEW_TAIL_LINES = 8, 3
 PREVIEW_DELAY_SECONDS = 0.3
@@ -91,7 +92,7 @@ class DataScreen(SetupScreen):
                                 compact=True)
                 with Horizontal(classes="form-row"):
                     yield Static("Format", classes="label-short")
-                    yield Select([(f, f) for f in FORMATS], id="data-format", value=self.app.config.data.format,
+                    yield Choice([(f, f) for f in FORMATS], id="data-format", value=self.app.config.data.format,
                                  allow_blank=False, compact=True)
                     yield Static(id="data-detected", classes="hint", markup=False)
                 with Horizontal(classes="form-row"):

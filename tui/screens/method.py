@@ -23,7 +23,7 @@ from core.config import METHODS, RunConfig
 from tui.draft import Facts, fit_label
 from tui.messages import FactsChanged
 from tui.screens.setup_base import SetupScreen, get_value, parse_number, update_if_changed
-from tui.widgets.fields import Tick
+from tui.widgets.fields import Choice, Tick
 
 if TYPE_CHECKING:
     from core.resources.estimate import Estimate
@@ -130,14 +130,14 @@ class MethodScreen(SetupScreen):
         with Vertical(id="group-quant", classes="method-group method-options"):
             with Horizontal(classes="form-row"):
                 yield Static("Base weights", classes="label")
-                yield Select([("4-bit", 4), ("8-bit", 8)], id="quant-bits",
+                yield Choice([("4-bit", 4), ("8-bit", 8)], id="quant-bits",
                              value=self._draft("quant-bits"), allow_blank=False, compact=True)
-                yield Select([("nf4", "nf4"), ("fp4", "fp4")], id="quant-type",
+                yield Choice([("nf4", "nf4"), ("fp4", "fp4")], id="quant-type",
                              value=self._draft("quant-type"), allow_blank=False, compact=True)
                 yield Tick("double quant", id="quant-double", compact=True)
             with Horizontal(classes="form-row"):
                 yield Static("Compute dtype", classes="label")
-                yield Select([(d, d) for d in DTYPES], id="quant-compute",
+                yield Choice([(d, d) for d in DTYPES], id="quant-compute",
                              value=self._draft("quant-compute"), allow_blank=False, compact=True)
         with Vertical(id="group-lora", classes="method-group method-options"):
             with Horizontal(classes="form-row"):
@@ -157,7 +157,7 @@ class MethodScreen(SetupScreen):
             with Horizontal(classes="form-row"):
                 yield Static("Memory savers", classes="label")
                 yield Tick("gradient checkpointing", id="mem-gc", compact=True)
-                yield Select(list(OPTIMS), id="mem-optim",
+                yield Choice(list(OPTIMS), id="mem-optim",
                              value=self._draft("mem-optim"), allow_blank=False, compact=True)
         yield Static(id="method-suggestions", markup=False)
 

@@ -25,6 +25,7 @@ from core.spawn import GpuPlan
 from tui.draft import Facts, fit_label
 from tui.messages import FactsChanged
 from tui.screens.setup_base import SetupScreen, get_value, parse_number, update_if_changed
+from tui.widgets.fields import Choice
 
 if TYPE_CHECKING:
     from core.resources.gpus import Snapshot
@@ -156,7 +157,7 @@ class ReviewScreen(SetupScreen):
         value = get_value(self.app.config, SELECT_FIELDS[wid])
         known = SELECT_CHOICES[wid]
         options = known if value in known else (*known, value)  # a value from a config file this list lacks
-        return Select([(v, v) for v in options], value=value, id=wid, allow_blank=False, compact=True)
+        return Choice([(v, v) for v in options], value=value, id=wid, allow_blank=False, compact=True)
 
     def on_mount(self) -> None:
         self.query_one("#review-error").display = False

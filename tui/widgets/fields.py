@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from textual.binding import Binding
-from textual.widgets import Checkbox
+from textual.widgets import Checkbox, Select
 
 
 class Tick(Checkbox, inherit_bindings=False):
@@ -15,3 +15,11 @@ class Tick(Checkbox, inherit_bindings=False):
     @property
     def BUTTON_INNER(self) -> str:  # noqa: N802 - Textual's ToggleButton reads this name when it draws the box
         return "X" if self.value else " "
+
+
+class Choice(Select, inherit_bindings=False):
+    """A Select whose list opens with space, the arrow keys or a click: Enter is left to the screen (go on), as
+    for Tick. Textual's Select opens on Enter too, so Enter on a focused Select opened and closed its list for
+    ever and never went on. Inside the open list Enter still picks the highlighted option."""
+
+    BINDINGS = [Binding("space,down,up", "show_overlay", "Show menu", show=False)]
