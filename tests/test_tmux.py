@@ -1,6 +1,7 @@
 """The real `tunetui` in a real terminal (tmux, 100x30): open a config, launch the demo, watch it train, pause,
 resume, answer the stop question, then lose the terminal mid-run (SIGHUP, as when SSH drops): the run must go on
-training to its last step in the same process, which then exits. The screen is read the way a user sees it (tmux capture-pane)."""
+training to its last step in the same process, which then exits. The screen is read the way a user sees it (tmux
+capture-pane)."""
 from __future__ import annotations
 
 import json
@@ -101,7 +102,8 @@ def test_tunetui_trains_the_demo_in_a_real_terminal(tmp_path):
            "TUNETUI_CACHE": os.environ.get("TUNETUI_CACHE", str(tmp_path / "cache")),
            "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
            "PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", str(tmp_path)),
-           "TERM": "xterm-256color", "HF_HUB_OFFLINE": "1"}
+           "TERM": "xterm-256color", "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": os.environ.get("PYTHONPATH", "")}  # the code under test, not whatever is installed
     term = Tmux([str(TUNETUI), "demo.yaml"], tmp_path, env)
     try:
         _drive_then_hang_up(term, tmp_path)
@@ -144,6 +146,8 @@ def _drive_then_hang_up(term: Tmux, tmp_path: Path) -> None:
     assert last.get("event") == "RunFinished" and not last.get("stopped") and last.get("step") == 400, last
     assert (runs[0] / "final" / "adapter_config.json").is_file()
     assert steps_at_hang_up < 400, "the run ended before the hang-up: nothing was tested"
+    assert f"terminal hung up (SIGHUP): the app closed; training goes on in process {term.pid}" in (
+        runs[0] / "output.log").read_text(encoding="utf-8", errors="replace")
     deadline = time.monotonic() + 30
     while _alive(term.pid) and time.monotonic() < deadline:
         time.sleep(0.5)

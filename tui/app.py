@@ -54,9 +54,9 @@ POLL_SECONDS = 1.5
 
 DEMO_DATA = "demo:identity"
 HANG_UP_GRACE_SECONDS = 2.0
+"""After a hang-up and the end of the run, how long the UI gets to close itself before the process just ends."""
 FOLLOW_SECONDS = 0.1
 """How often an attached run's events.jsonl is checked for new lines (one fstat when nothing changed)."""
-"""After a hang-up and the end of the run, how long the UI gets to close itself before the process just ends."""
 
 # name -> (module under tui.screens, class, title); the order is the order of the number keys.
 SCREENS: dict[str, tuple[str, str, str]] = {
@@ -421,10 +421,19 @@ class TuneApp(App):
         from core.terminal import detach_from_terminal
 
         self.hung_up = True
-        run_dir = self.session.state.run_dir
-        # Every later write (Textual's goodbye, library warnings) lands in the run's log instead of raising EIO on
-        # the dead terminal or blocking on it.
+        session = self.session
+        # Every later write (Textual's goodbye, library warnings) lands in the log of the run trained here instead of
+        # raising EIO on the dead terminal or blocking on it. A viewer of another process's run writes nothing into
+        # that run's folder: its output goes to /dev/null.
+        run_dir = session.state.run_dir if session.owns_process and session.running else None
         detach_from_terminal(os.path.join(run_dir, rundir.LOG_FILE) if run_dir else None)
+        if run_dir:  # what happened, first in the log (os.write: nothing buffered, safe in a signal handler)
+            note = (f"{time.strftime('%Y-%m-%d %H:%M:%S')} terminal hung up (SIGHUP): the app closed; training goes "
+                    f"on in process {os.getpid()} until the run ends (tunetui attach {run_dir} follows it)\n")
+            try:
+                os.write(2, note.encode("utf-8", "replace"))
+            except OSError:
+                pass
         self.post_message(HungUp())  # the rest happens on the UI loop, in the App's context
         threading.Thread(target=self._leave_after_hang_up, name="hang-up", daemon=True).start()
 

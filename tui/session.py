@@ -429,8 +429,15 @@ class AttachedSession(TrainingSession):
     def poll(self) -> None:
         """Fold what the run appended since the last poll (UI thread, on a ≤ 10 Hz timer)."""
         for event in self.tail.read_new():
+            if isinstance(event, RunStarted):
+                self._started_in_new_process()
             self.handle(event)
         self._check_alive()
+
+    def _started_in_new_process(self) -> None:
+        """The run started again while followed (`tunetui train --resume` after a stop): show the new process's pid,
+        which it wrote to run.pid before its RunStarted, not the pid of the one that stopped."""
+        self.pid = rundir.read_pid(self.run_dir) or self.pid
 
     def _process_alive(self) -> bool:
         return rundir.is_running(self.run_dir)
@@ -528,6 +535,9 @@ class LaunchedSession(AttachedSession):
 
     def _process_alive(self) -> bool:
         return self.process.poll() is None  # the launcher outlives every rank and writes the run's last word
+
+    def _started_in_new_process(self) -> None:
+        pass  # the pid shown is the launcher's (run.pid holds rank 0's): it outlives every rank
 
     def pause(self) -> None:
         if self.following:
