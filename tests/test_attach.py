@@ -56,6 +56,38 @@ async def test_an_attached_run_whose_process_is_gone_shows_as_crashed(tmp_path, 
         assert "saved no checkpoint" in screen_text(app)
 
 
+async def test_a_viewer_follows_a_resume_in_a_new_process_and_shows_its_pid(tmp_path, monkeypatch):
+    """Stopped from a shell, then `tunetui train --resume` in another process: the open viewer goes on with the new
+    segment and names the process that trains it now, not the one that stopped."""
+    import socket
+    import subprocess
+    import sys
+
+    from core.events import RunFinished
+    from helpers_run import start_events
+
+    monkeypatch.setenv("TUNETUI_CONFIG_DIR", str(tmp_path / "config"))
+    out = tmp_path / "runs"
+    first = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])  # the process that trains it
+    try:
+        run_dir = write_run(out, "r-live", scripted_run(12, run_dir=str(out / "r-live")), checkpoint_step=12)
+        (run_dir / rundir.PID_FILE).write_text(json.dumps({"pid": first.pid, "host": socket.gethostname()}))
+        app = create_app(output_dir=str(out), attach_dir=str(run_dir))
+        async with app.run_test(size=(120, 36)) as pilot:
+            await wait_for(pilot, lambda: f"running (pid {first.pid})" in screen_text(app), what="the first pid")
+            _append(run_dir, [RunFinished(run_dir=str(run_dir), final_dir=None, step=12, max_steps=30, stopped=True)])
+            await wait_for(pilot, lambda: "stopped" in screen_text(app), what="the stop")
+            first.kill()
+            rundir.write_pid(run_dir)  # the resuming process (this one) writes run.pid before its RunStarted
+            resumed_from = str(run_dir / "checkpoints" / "checkpoint-12")
+            _append(run_dir, start_events(run_dir=str(run_dir), resumed_from=resumed_from) + step_events(13, 14))
+            await wait_for(pilot, lambda: "step 14/30" in screen_text(app), what="the resumed steps")
+            assert f"running (pid {os.getpid()})" in screen_text(app) and app.session.running
+    finally:
+        first.kill()
+        first.wait()
+
+
 def test_attach_without_a_live_run_says_so(tmp_path, capsys):
     assert main(["attach", "--output-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
@@ -163,3 +195,25 @@ async def test_runs_screen_shows_a_classifiers_accuracy_and_macro_f1(tmp_path, m
         await wait_for(pilot, lambda: "r-sft" in summary(), what="the other run's summary")
         assert "accuracy" not in summary()
         assert not confusion.display
+
+
+def test_following_reads_only_what_was_appended(tmp_path):
+    """EventTail: the whole file once, then only new complete lines (a half-written last line waits for its end);
+    a file cut short under it (a run started over in place) is read again from its top."""
+    from core.events import StepEnded
+    from core.follow import EventTail
+
+    path = tmp_path / rundir.EVENTS_FILE
+    path.write_text("".join(e.to_json() + "\n" for e in step_events(1, 3)), encoding="utf-8")
+    with EventTail(path) as tail:
+        assert [e.step for e in tail.read_new() if isinstance(e, StepEnded)] == [1, 2, 3]
+        assert tail.read_new() == [] and tail.offset == path.stat().st_size
+        line = step_events(4, 4)[0].to_json() + "\n"
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(line[:20])
+            fh.flush()
+            assert tail.read_new() == []  # torn: nothing yet
+            fh.write(line[20:])
+        assert [e.step for e in tail.read_new()] == [4]
+        path.write_text(step_events(9, 9)[0].to_json() + "\n", encoding="utf-8")
+        assert [e.step for e in tail.read_new()] == [9]

@@ -339,6 +339,23 @@ async def test_quit_during_a_run_asks_then_stops_with_a_checkpoint():
     assert session.stops == [True]
 
 
+async def test_quit_during_a_run_offers_detach():
+    """The quit question's third answer: d saves a checkpoint, closes the app and leaves the run to a background
+    process (main starts it once the app is gone; tests/test_tmux.py follows one to its last step)."""
+    from tui.session import RunState
+
+    app = make_app(start_screen="review")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        session = app.session = RecordingSession(running=True)
+        session.state = RunState(status="running", run_dir="runs/r-live")
+        await pilot.press("ctrl+q")
+        await wait_for(pilot, lambda: "Detach" in screen_text(app), what="the question with its detach answer")
+        await pilot.press("d")
+        await wait_for(pilot, lambda: not app.is_running, what="the app to exit")
+    assert session.stops == [True] and app.detach_run == "runs/r-live"
+
+
 async def test_hang_up_leaves_the_ui_and_the_run_training():
     """A dropped SSH connection closes the UI but does not stop the run (it trains on headless; tests/test_tmux.py
     follows it to its last step)."""
