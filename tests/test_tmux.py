@@ -146,8 +146,11 @@ def _drive_then_hang_up(term: Tmux, tmp_path: Path) -> None:
     assert last.get("event") == "RunFinished" and not last.get("stopped") and last.get("step") == 400, last
     assert (runs[0] / "final" / "adapter_config.json").is_file()
     assert steps_at_hang_up < 400, "the run ended before the hang-up: nothing was tested"
-    assert f"terminal hung up (SIGHUP): the app closed; training goes on in process {term.pid}" in (
-        runs[0] / "output.log").read_text(encoding="utf-8", errors="replace")
+    log = (runs[0] / "output.log").read_text(encoding="utf-8", errors="replace")
+    first = log.partition("\n")[0]  # "2026-12-02 18:21:00 terminal hung up ..."
+    assert first[20:].startswith(f"terminal hung up (SIGHUP): the app closed; training goes on in process "
+                                 f"{term.pid}"), log[:300]
+    assert "\x1b[" not in log, "the UI's escape codes (its last frame, its goodbye) went into the run's log"
     deadline = time.monotonic() + 30
     while _alive(term.pid) and time.monotonic() < deadline:
         time.sleep(0.5)

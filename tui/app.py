@@ -153,6 +153,9 @@ class TuneApp(App):
         self._exit_when_stopped = False
         self.hung_up = False
         """The terminal went away (SIGHUP): a running run trains on, headless, until it ends."""
+        self.hang_up_log: str | None = None
+        """After a hang-up during a run trained here: the run's output.log (its output goes there once the UI is
+        gone)."""
         self._follow_timer: Timer | None = None
         self.plan_vram_gib: float | None = None
         """Method's "Plan for" GiB per GPU: the fit words and the recommendation plan for that card, not this one."""
@@ -422,16 +425,22 @@ class TuneApp(App):
 
         self.hung_up = True
         session = self.session
-        # Every later write (Textual's goodbye, library warnings) lands in the log of the run trained here instead of
-        # raising EIO on the dead terminal or blocking on it. A viewer of another process's run writes nothing into
-        # that run's folder: its output goes to /dev/null.
+        # Every later write goes to /dev/null instead of raising EIO on the dead terminal or blocking on it: the UI's
+        # last frame and its goodbye mean nothing in a log. Once the UI is gone, main() points the output of a run
+        # trained here at the run's log, which opens with what happened (os calls only: safe in a signal handler).
+        # A viewer of another process's run writes nothing into that run's folder.
+        detach_from_terminal(None)
         run_dir = session.state.run_dir if session.owns_process and session.running else None
-        detach_from_terminal(os.path.join(run_dir, rundir.LOG_FILE) if run_dir else None)
-        if run_dir:  # what happened, first in the log (os.write: nothing buffered, safe in a signal handler)
+        if run_dir:
+            self.hang_up_log = os.path.join(run_dir, rundir.LOG_FILE)
             note = (f"{time.strftime('%Y-%m-%d %H:%M:%S')} terminal hung up (SIGHUP): the app closed; training goes "
                     f"on in process {os.getpid()} until the run ends (tunetui attach {run_dir} follows it)\n")
             try:
-                os.write(2, note.encode("utf-8", "replace"))
+                fd = os.open(self.hang_up_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                try:
+                    os.write(fd, note.encode("utf-8", "replace"))
+                finally:
+                    os.close(fd)
             except OSError:
                 pass
         self.post_message(HungUp())  # the rest happens on the UI loop, in the App's context
@@ -473,6 +482,10 @@ def main(config_path: str | None = None, output_dir: str | None = None, attach_d
     try:
         app.run()
     finally:
+        if app.hang_up_log:  # the UI has let go of the (dead) terminal: what the run prints from now on is logged
+            from core.terminal import detach_from_terminal
+
+            detach_from_terminal(app.hang_up_log)
         # However the app ended (quit, crash), never leave a run without its checkpoint; after a hang-up the run
         # trains on to its end in this process, as it would have in the open app.
         if app.session.running and app.session.owns_process and not app.hung_up:
