@@ -38,6 +38,13 @@ async def test_attach_follows_the_file_and_controls_the_run_through_its_folder(t
         assert (run_dir / rundir.CONTROL_FILE).stat().st_mode & 0o777 == 0o600
         (run_dir / rundir.CONTROL_FILE).unlink()  # as the runner does once it has read it
 
+        await pilot.press("s")  # stop asks first, as for the app's own run, then becomes a request too
+        await wait_for(pilot, lambda: "Stop the run?" in screen_text(app), what="the stop question")
+        await pilot.press("y")
+        await wait_for(pilot, lambda: (run_dir / rundir.CONTROL_FILE).exists(), what="the stop request")
+        assert json.loads((run_dir / rundir.CONTROL_FILE).read_text())["command"] == "stop"
+        (run_dir / rundir.CONTROL_FILE).unlink()
+
         await pilot.press("ctrl+q")  # a viewer leaves without asking: the run is not its to stop
         await pilot.pause()
     assert not (run_dir / rundir.CONTROL_FILE).exists()
