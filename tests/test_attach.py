@@ -7,7 +7,7 @@ import json
 import os
 
 from core import rundir
-from helpers_run import scripted_run, step_events, write_run
+from helpers_run import scripted_run, start_events, step_events, write_run
 from helpers_setup import screen_text, wait_for
 from tui.app import create_app
 from tui.cli import main
@@ -62,6 +62,13 @@ async def test_an_attached_run_whose_process_is_gone_shows_as_crashed(tmp_path, 
         await wait_for(pilot, lambda: "ended without finishing it" in screen_text(app), what="the crash explained")
         assert "saved no checkpoint" in screen_text(app)
 
+        # Started again from another shell while the viewer is open: it follows the new process.
+        rundir.write_pid(run_dir)
+        _append(run_dir, start_events(run_dir=str(run_dir)) + step_events(1, 2))
+        await wait_for(pilot, lambda: app.session.state.status == "running" and app.session.running,
+                       what="the new process followed")
+        await wait_for(pilot, lambda: f"running (pid {os.getpid()})" in screen_text(app), what="its pid")
+
 
 async def test_a_viewer_follows_a_resume_in_a_new_process_and_shows_its_pid(tmp_path, monkeypatch):
     """Stopped from a shell, then `tunetui train --resume` in another process: the open viewer goes on with the new
@@ -71,7 +78,6 @@ async def test_a_viewer_follows_a_resume_in_a_new_process_and_shows_its_pid(tmp_
     import sys
 
     from core.events import RunFinished
-    from helpers_run import start_events
 
     monkeypatch.setenv("TUNETUI_CONFIG_DIR", str(tmp_path / "config"))
     out = tmp_path / "runs"

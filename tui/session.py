@@ -128,7 +128,7 @@ class RunState:
             self.run_id, self.run_dir, self.config = event.run_id, event.run_dir, dict(event.config or {})
             self.resumed_from = event.resumed_from
             self.world_size = max(1, event.world_size or 1)
-            if self.status in ("idle", "starting") or self.final:
+            if self.status in ("idle", "starting", "crashed") or self.final:
                 # A resumed run appends to the same events.jsonl: a new RunStarted opens a new segment.
                 self.status = "running"
                 self.error = self.error_kind = self.traceback = self.final_dir = None
@@ -435,9 +435,10 @@ class AttachedSession(TrainingSession):
         self._check_alive()
 
     def _started_in_new_process(self) -> None:
-        """The run started again while followed (`tunetui train --resume` after a stop): show the new process's pid,
-        which it wrote to run.pid before its RunStarted, not the pid of the one that stopped."""
+        """The run started again while followed (`tunetui train --resume` after a stop or a crash): follow the new
+        process, whose pid it wrote to run.pid before its RunStarted, not the one that ended."""
         self.pid = rundir.read_pid(self.run_dir) or self.pid
+        self._alive = True
 
     def _process_alive(self) -> bool:
         return rundir.is_running(self.run_dir)
