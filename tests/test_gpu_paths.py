@@ -283,7 +283,7 @@ def test_the_run_view_and_the_cli_put_the_measured_peak_beside_the_estimate(caps
     from rich.console import Console
 
     from core.events import RunFinished
-    from tui.commands.train import _Display
+    from tui.commands.progress import Display
     from tui.session import RunState
     from tui.widgets.run_metrics import metrics_table
 
@@ -301,12 +301,12 @@ def test_the_run_view_and_the_cli_put_the_measured_peak_beside_the_estimate(caps
     finished = table(RunState.from_events([step, done]))
     assert "GPU mem 1.0 GiB (peak 19.8) reserved 21.0 GiB estimate 21.4 GiB peak" in finished
 
-    _Display().on_event(done)
+    Display().on_event(done)
     assert ("GPU memory: estimated 21.4 GiB, measured 19.8 GiB peak allocated (21.0 GiB reserved by torch; "
             "nvidia-smi adds the CUDA context)") in " ".join(capsys.readouterr().err.split())
     # A CPU run measured nothing: no GPU line, no estimate row.
     on_cpu = RunFinished(run_dir="runs/r", final_dir="runs/r/final", step=2, max_steps=2, estimated_peak_gib=0.8)
-    _Display().on_event(on_cpu)
+    Display().on_event(on_cpu)
     assert "GPU memory" not in capsys.readouterr().err
     assert "estimate" not in table(RunState.from_events([on_cpu]))
 
