@@ -444,3 +444,22 @@ def test_padding_free_runs_report_no_padding_and_auto_pads_on_the_cpu(output_dir
         assert outcome.status == "finished", outcome.event
         shares[setting] = next(e for e in events if isinstance(e, DataReady)).token_stats["padding"]
     assert shares[True] == 0.0 and shares["auto"] > 0  # the demo's rows differ in length: padded batches pad
+
+
+def test_the_flops_a_run_records_are_the_trainers_own_counted_once(tmp_path, demo_model_dir, monkeypatch):
+    """trainer_state.json's total_flos (what the Hub's tools read) follows the Trainer's formula, while the model's
+    parameters are counted once per run rather than at every step."""
+    import torch
+    from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
+
+    from core.training.guard import GuardedTrainer
+
+    model = AutoModelForCausalLM.from_pretrained(demo_model_dir)
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
+    ours, theirs = GuardedTrainer(model=model, args=args), Trainer(model=model, args=args)
+    batch = {"input_ids": torch.ones(4, 32, dtype=torch.long), "labels": torch.ones(4, 32, dtype=torch.long)}
+    counted = []
+    real = type(model).num_parameters
+    monkeypatch.setattr(type(model), "num_parameters", lambda self, **kw: counted.append(kw) or real(self, **kw))
+    assert [ours.floating_point_ops(batch) for _ in range(5)] == [theirs.floating_point_ops(batch)] * 5
+    assert len(counted) == 2  # ours once, the Trainer's once
