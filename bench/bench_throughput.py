@@ -2,7 +2,9 @@
 
 A = core.training.runner.run (what `tunetui train` runs: Trainer + event callback + events.jsonl).
 B = a plain loop: same model and method set-up (load_model + methods.apply), same tokenized batches and collator,
-    same batch size, AdamW with the same settings, gradient clipping, loss.item() each step.
+    same batch size, AdamW with the same settings, gradient clipping, loss.item() each step, and the engine's
+    host-memory setting (core.training.hostmem), so the ratio measures what the engine adds to the step.
+A' (unless --no-allocator) = A without that setting: what it gains.
 Both train packed text blocks (every sequence is exactly data.max_length tokens), so batch composition cannot
 favour either side. Timed: steps WARMUP+1 .. WARMUP+STEPS of each run, one torch thread, by wall clock and by the
 training thread's CPU time (the CPU-time ratio holds steady while other work shares the machine).
@@ -62,6 +64,18 @@ def engine_tokens_per_second(config) -> tuple[float, float]:
     return tokens / (marks[-1][1] - start[1]), tokens / (marks[-1][2] - start[2])
 
 
+def untuned_engine_tokens_per_second(config) -> tuple[float, float]:
+    """A without its host-memory setting (core.training.hostmem): glibc returns freed memory to the system."""
+    from core.training import runner
+
+    kept = runner.keep_freed_memory
+    runner.keep_freed_memory = lambda device: (lambda: None)
+    try:
+        return engine_tokens_per_second(config)
+    finally:
+        runner.keep_freed_memory = kept
+
+
 def bare_tokens_per_second(config) -> tuple[float, float]:
     """B: the same model/method/batches/optimizer in a plain loop; tokens per second of wall and of CPU time."""
     import torch
@@ -69,6 +83,7 @@ def bare_tokens_per_second(config) -> tuple[float, float]:
 
     from core.methods import apply as apply_method
     from core.training.encode import tokenize
+    from core.training.hostmem import keep_freed_memory
     from core.training.models import load_model, load_tokenizer
     from core.training.rawdata import load_raw
 
@@ -84,6 +99,7 @@ def bare_tokens_per_second(config) -> tuple[float, float]:
                         collate_fn=prepared.collator(tokenizer))
     batches = iter(loader)
     tokens, start, cpu_start = 0, None, None
+    restore = keep_freed_memory("cpu")  # the engine's host-memory setting, so the ratio measures the engine alone
     for step in range(1, config.train.max_steps + 1):
         batch = next(batches)
         loss = model(**batch).loss
@@ -96,7 +112,9 @@ def bare_tokens_per_second(config) -> tuple[float, float]:
             start, cpu_start = time.perf_counter(), time.thread_time()
         elif step > WARMUP:
             tokens += int(batch["attention_mask"].sum())
-    return tokens / (time.perf_counter() - start), tokens / (time.thread_time() - cpu_start)
+    wall, cpu = time.perf_counter() - start, time.thread_time() - cpu_start
+    restore()
+    return tokens / wall, tokens / cpu
 
 
 def text_file(folder: Path) -> Path:
@@ -153,6 +171,8 @@ def main() -> int:
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--padding-seq", type=int, default=1024, help="max length of the padding comparison")
     parser.add_argument("--no-padding", action="store_true", help="skip the padding-free comparison")
+    parser.add_argument("--no-allocator", dest="allocator", action="store_false",
+                        help="skip the engine run without its host-memory setting (core.training.hostmem)")
     args = parser.parse_args()
 
     import torch
@@ -168,10 +188,12 @@ def main() -> int:
         data_path = text_file(tmp)
         for method in args.methods.split(","):
             config = make_config(method, data_path, tmp / "runs", args)
-            engine, bare = [], []
+            engine, bare, untuned = [], [], []
             for _ in range(args.rounds):
                 engine.append(engine_tokens_per_second(config))
                 bare.append(bare_tokens_per_second(config))
+                if args.allocator:
+                    untuned.append(untuned_engine_tokens_per_second(config))
             e, b = statistics.median(x for x, _ in engine), statistics.median(x for x, _ in bare)
             # Tokens per second of the training thread's CPU time: what each side computes, whatever else the
             # machine runs at the same time (wall-clock ratios on a shared 2-core machine move by 10% between runs).
@@ -181,6 +203,10 @@ def main() -> int:
                   f"{cpu:15.3f}", flush=True)
             print(f"         engine runs: {', '.join(f'{x:,.0f}' for x, _ in engine)}; "
                   f"bare runs: {', '.join(f'{x:,.0f}' for x, _ in bare)}", flush=True)
+            if untuned:
+                u = statistics.median(x for x, _ in untuned)
+                print(f"         engine without its host-memory setting: {u:,.0f} tok/s "
+                      f"({', '.join(f'{x:,.0f}' for x, _ in untuned)}); with it {e / u:.2f}x", flush=True)
         if not args.no_padding:
             padding_table(args, tmp)
     return 0

@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from core.events import (DataReady, Emit, Event, LogLine, ModelReady, PhaseChang
 from core.launch import LAUNCHER_ENV, RUN_DIR_ENV
 from core.training.failures import (collective_failure, disk_full_message, is_oom, memory_at_failure, oom_message,
                                     peer_failure_message, release_paged_buffers)
+from core.training.hostmem import keep_freed_memory
 from core.training.liblogs import forward_logs
 from core.training.trainargs import accuracy, log_device, training_arguments
 
@@ -117,6 +119,7 @@ class _Session:
     def __init__(self, config: RunConfig, emit: Emit, control: RunControl, strict: bool):
         self.config = config
         self.user_emit = emit
+        self._restore_host_memory: Callable[[], None] = lambda: None
         self.control = control
         self.strict = strict
         self.run_dir: Path | None = None
@@ -195,6 +198,7 @@ class _Session:
         """Drop the model and trainer now: an app may start another run in this process."""
         self.trainer = None
         self.callback = None
+        self._restore_host_memory()
         if "torch" in sys.modules:
             import torch
 
@@ -478,6 +482,9 @@ class _Session:
         # training walk only what training creates (cheap), not the model and datasets each time. _release thaws it.
         gc.collect()
         gc.freeze()
+        # Freed tensor memory stays in the process from step to step (core.training.hostmem says why); undone by
+        # _release.
+        self._restore_host_memory = keep_freed_memory(device)
         if device.startswith("cuda"):
             import torch
 
