@@ -79,6 +79,17 @@ class RunSummary:
     viewers: int = 0
     """Apps attached to the run from other processes, while running."""
 
+    def status_words(self, here: bool = False) -> str:
+        """The status as the Runs screen and `tunetui runs` say it: `running here` (`here`: the asking app trains
+        it), `running · pid 4242 · 2 watching` (another process; apps attached to it), else the status as it is
+        (finished, stopped, failed, crashed)."""
+        if self.status != "running":
+            return self.status
+        if here:
+            return "running here"
+        words = "running" + (f" · pid {self.pid}" if self.pid else "")
+        return words + (f" · {self.viewers} watching" if self.viewers else "")
+
 
 def slug(text: str) -> str:
     """A file-name-safe short form: `Qwen/Qwen2.5-0.5B-Instruct` → `Qwen2.5-0.5B-Instruct`."""

@@ -95,6 +95,40 @@ def test_tunetui_runs_on_an_80_column_terminal(tmp_path, monkeypatch, capsys):
     assert any(line.startswith("id ") and "last loss" in line for line in lines)
 
 
+def test_tunetui_runs_names_a_live_runs_process_and_watchers(tmp_path, monkeypatch, capsys):
+    """A run another process trains says which process (and how many apps follow it), as the Runs screen does;
+    the table still fits 80 columns. Piped, the status stays one word and the pid has a column of its own."""
+    from core import rundir
+
+    out = tmp_path / "runs"
+    long_model = cfg.RunConfig(model=cfg.ModelSpec(name_or_path="meta-llama/Llama-3.1-8B-Instruct"))
+    live = write_run(out, LONG_ID, scripted_run(3, run_id=LONG_ID, run_dir=str(out / LONG_ID)), config=long_model)
+    write_run(out, SHORT_ID, scripted_run(3, run_id=SHORT_ID, run_dir=str(out / SHORT_ID)))
+    rundir.write_pid(live)  # this process trains it
+    rundir.add_viewer(live)  # and one app watches
+    monkeypatch.setenv("TTY_COMPATIBLE", "1")
+    monkeypatch.setenv("COLUMNS", "120")
+    assert main(["runs", "--output-dir", str(out)]) == 0
+    lines = ANSI.sub("", capsys.readouterr().out).splitlines()
+    _check_fits(lines, 120, [LONG_ID, SHORT_ID])
+    assert f"running · pid {os.getpid()} · 1 watching" in next(line for line in lines if LONG_ID in line)
+
+    monkeypatch.setenv("COLUMNS", "80")  # too narrow for that on one line: the status takes a line per part
+    assert main(["runs", "--output-dir", str(out)]) == 0
+    lines = ANSI.sub("", capsys.readouterr().out).splitlines()
+    _check_fits(lines, 80, [LONG_ID, SHORT_ID])
+    at = next(n for n, line in enumerate(lines) if LONG_ID in line)
+    assert lines[at].split()[1:] == ["running", "3/30", lines[at].split()[-1]]
+    assert [line.strip() for line in lines[at + 1:at + 3]] == [f"pid {os.getpid()}", "1 watching"]
+
+    monkeypatch.setenv("TTY_COMPATIBLE", "0")
+    assert main(["runs", "--output-dir", str(out)]) == 0
+    rows = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
+    assert rows[0] == [*COLUMNS, "pid"]
+    assert {row[0]: (row[3], row[-1]) for row in rows[1:]} == {LONG_ID: ("running", str(os.getpid())),
+                                                                 SHORT_ID: ("crashed", "-")}
+
+
 def test_tunetui_estimate_table_keeps_every_header_at_80_columns(monkeypatch, capsys):
     monkeypatch.setenv("COLUMNS", "80")
     for extra in ([], ["--vram", "0.5"]):  # CPU wording, and the GPU wording with every method too big

@@ -57,17 +57,6 @@ def step_text(run: RunSummary) -> str:
     return str(run.step or 0)
 
 
-def status_words(run: RunSummary, here: bool = False) -> str:
-    """`running here` (this app trains it), `running · pid 4242 · 2 watching` (another process; apps attached to
-    it), else the status as it is (finished, stopped, failed, crashed)."""
-    if run.status != "running":
-        return run.status
-    if here:
-        return "running here"
-    words = "running" + (f" · pid {run.pid}" if run.pid else "")
-    return words + (f" · {run.viewers} watching" if run.viewers else "")
-
-
 def loss_text(value: float | None) -> str:
     return "–" if value is None else f"{value:.4f}" if math.isfinite(value) else str(value)
 
@@ -226,7 +215,7 @@ class RunsScreen(TuneScreen):
         self._listing, self._marks_shown = listing, marks
         self.runs = message.runs
         rows = [(("✓ " if str(run.run_dir) in marks else "") + run.run_id,  # ✓: marked for the Compare view (space)
-                 status_words(run, here=self._is_here(run)), step_text(run), loss_text(run.last_loss),
+                 run.status_words(here=self._is_here(run)), step_text(run), loss_text(run.last_loss),
                  duration(run.eta_seconds) if run.status == "running" else "–", run.method, run.model,
                  started_text(run.started)) for run in self.runs]
         # Columns sized from their contents up front: DataTable caches rows rendered before it measures new
@@ -304,7 +293,7 @@ class RunsScreen(TuneScreen):
     def _show_summary(self, run: RunSummary) -> None:
         text = Text(no_wrap=False)
         text.append(run.run_id, style="bold").append("  ")
-        text.append(status_words(run, here=self._is_here(run)), style=STATUS_STYLES.get(run.status, ""))
+        text.append(run.status_words(here=self._is_here(run)), style=STATUS_STYLES.get(run.status, ""))
         text.append(f"  step {step_text(run)}  loss {loss_text(run.last_loss)}", style="dim")
         if run.eval_loss is not None:
             text.append(f"  eval {loss_text(run.eval_loss)}", style="dim")

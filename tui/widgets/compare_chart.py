@@ -51,7 +51,7 @@ class OverlayChart(Widget):
         self.border_title = "loss"
 
     def set_curves(self, curves: Sequence[Curve]) -> None:
-        self.curves = list(curves)
+        self.curves = [curve.reduced() for curve in curves]
         self.refresh()
 
     def render(self) -> Text:
