@@ -230,3 +230,33 @@ def test_following_reads_only_what_was_appended(tmp_path):
         assert [e.step for e in tail.read_new()] == [4]
         path.write_text(step_events(9, 9)[0].to_json() + "\n", encoding="utf-8")
         assert [e.step for e in tail.read_new()] == [9]
+
+
+def test_events_read_back_equal_to_what_the_engine_wrote():
+    """What a viewer folds is what the run emitted: every event type, defaults filled, unknown fields (a newer
+    engine's) ignored, a line missing a required field skipped."""
+    from core.events import (EVENT_TYPES, CheckpointSaved, DataReady, EvalEnded, LogLine, ModelReady, PhaseChanged,
+                             RunFailed, RunFinished, RunPaused, RunResumed, RunStarted, StepEnded, parse_lines)
+
+    written = [
+        RunStarted(run_id="r", run_dir="runs/r", config={"a": 1}),
+        PhaseChanged(phase="training"),
+        ModelReady(trainable_params=1, total_params=2, trainable_modules=["q"], method="lora", device="cpu",
+                   dtype="float32"),
+        DataReady(train_examples=3, val_examples=1, format="alpaca", token_stats={"mean": 5}),
+        StepEnded(step=1, max_steps=2, epoch=0.5, loss=1.5),
+        EvalEnded(step=1, eval_loss=1.2, metrics={"accuracy": 0.5}),
+        EvalEnded(step=2, eval_loss=1.1),
+        CheckpointSaved(step=1, path="runs/r/checkpoints/checkpoint-1"),
+        RunPaused(step=1), RunResumed(step=1), LogLine(level="INFO", logger="core", message="hi"),
+        RunFinished(run_dir="runs/r", final_dir="runs/r/final", step=2, max_steps=2),
+        RunFailed(message="m", kind="error"),
+    ]
+    assert {type(e).__name__ for e in written} == set(EVENT_TYPES)
+    lines = [e.to_json().encode() for e in written]
+    newer = json.loads(lines[4]) | {"from_a_newer_engine": 1}
+    broken = json.loads(lines[4])
+    del broken["step"]
+    read = parse_lines(lines + [json.dumps(newer).encode(), json.dumps(broken).encode()])
+    assert read[:len(written)] == written and read[len(written):] == [written[4]]
+    assert read[6].metrics == {} and read[6].metrics is not read[5].metrics  # a default of its own, as __init__
