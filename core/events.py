@@ -183,39 +183,38 @@ Emit = Callable[[Event], None]
 
 def from_dict(data: dict[str, Any]) -> Event:
     """Rebuild an event from its JSON form; unknown fields are ignored so old logs stay readable."""
-    data = dict(data)
-    cls = EVENT_TYPES[data.pop("event")]
-    names, defaults, factories, required = _shape(cls)
-    if data.keys() <= names and required <= data.keys():  # the common case: written by this version
+    cls = EVENT_TYPES[data["event"]]
+    names, defaults, factories, required = _SHAPES.get(cls) or _shape(cls)
+    keys = data.keys()
+    if keys <= names and required <= keys:  # the common case: written by this version
         # Filled in directly rather than through the frozen dataclass's __init__, which sets each field with
         # object.__setattr__: three times slower, and opening a long run parses a hundred thousand events. The
         # events have no __post_init__ and no __slots__, so the result is the same object.
-        values = dict(defaults)
+        values = defaults.copy()
         for name, factory in factories:
-            if name not in data:
+            if name not in keys:
                 values[name] = factory()
         values.update(data)
+        del values["event"]
         event = object.__new__(cls)
         event.__dict__.update(values)
         return event
-    return cls(**{k: v for k, v in data.items() if k in names})  # TypeError when a required field is missing
+    return cls(**{k: v for k, v in data.items() if k in names and k != "event"})  # TypeError: a field is missing
 
 
 _SHAPES: dict[type, tuple] = {}
 
 
 def _shape(cls) -> tuple[frozenset, dict, tuple, frozenset]:
-    """(field names, plain defaults, (name, default_factory) pairs, required names) of an event class."""
+    """(the names a line of it may hold, plain defaults, (name, default_factory) pairs, required names)."""
     from dataclasses import MISSING
 
-    shape = _SHAPES.get(cls)
-    if shape is None:
-        found = fields(cls)
-        shape = _SHAPES[cls] = (
-            frozenset(f.name for f in found),
-            {f.name: f.default for f in found if f.default is not MISSING},
-            tuple((f.name, f.default_factory) for f in found if f.default_factory is not MISSING),
-            frozenset(f.name for f in found if f.default is MISSING and f.default_factory is MISSING))
+    found = fields(cls)
+    shape = _SHAPES[cls] = (
+        frozenset(f.name for f in found) | {"event"},
+        {f.name: f.default for f in found if f.default is not MISSING},
+        tuple((f.name, f.default_factory) for f in found if f.default_factory is not MISSING),
+        frozenset(f.name for f in found if f.default is MISSING and f.default_factory is MISSING))
     return shape
 
 

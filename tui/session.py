@@ -124,6 +124,10 @@ class RunState:
 
     def fold(self, event: Event) -> None:
         """Apply one event. Unknown event types are ignored so newer engines don't break the view."""
+        if type(event) is StepEnded:  # half of a long run's events: first, before the chain of checks below
+            self._fold_step(event)
+            self.version += 1
+            return
         if isinstance(event, RunStarted):
             self.run_id, self.run_dir, self.config = event.run_id, event.run_dir, dict(event.config or {})
             self.resumed_from = event.resumed_from
